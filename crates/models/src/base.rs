@@ -1,0 +1,96 @@
+//! The base CNN.
+
+use std::ops::Range;
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::staged::StagedBase;
+use crate::{LECUN_NORMAL, lecun_linear};
+
+/// Height and width of the input images.
+pub const IMAGE_SIDE: i64 = 28;
+/// Width of the base's representation.
+pub const REPRESENTATION_DIM: i64 = 256;
+/// Channels after `conv2`, times the 7x7 spatial size left by two 2x2 poolings.
+const FLAT_DIM: i64 = 64 * 7 * 7;
+/// Stage names, in forward order; the classifier is not a stage (the head replaces it).
+const STAGES: [&str; 3] = ["conv1", "conv2", "representation"];
+
+/// Conv(1→32, 3x3, pad 1) → relu → avgpool 2 → Conv(32→64, 3x3, pad 1) → relu → avgpool 2 →
+/// flatten (C, H, W order) → Linear(3136→256) `representation` → relu → Linear(256→10)
+/// `classifier` → log_softmax.
+#[derive(Debug)]
+pub struct BaseCnn {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    representation: nn::Linear,
+    classifier: nn::Linear,
+}
+
+impl BaseCnn {
+    /// Creates the layers under `path` (`conv1`, `conv2`, `representation`, `classifier`), with
+    /// `n_classes` outputs.
+    pub fn new(path: &nn::Path, n_classes: i64) -> Self {
+        let conv = |name: &str, in_channels, out_channels| {
+            let config = nn::ConvConfig {
+                padding: 1,
+                ws_init: LECUN_NORMAL,
+                bs_init: nn::Init::Const(0.0),
+                ..Default::default()
+            };
+            nn::conv2d(path / name, in_channels, out_channels, 3, config)
+        };
+        BaseCnn {
+            conv1: conv("conv1", 1, 32),
+            conv2: conv("conv2", 32, 64),
+            representation: lecun_linear(path / "representation", FLAT_DIM, REPRESENTATION_DIM),
+            classifier: lecun_linear(path / "classifier", REPRESENTATION_DIM, n_classes),
+        }
+    }
+
+    /// The whole network.
+    ///
+    /// # Shapes
+    /// `images`: `[N, 1, 28, 28]` float → (`log_probs`: `[N, n_classes]`, `representation`:
+    /// `[N, 256]`, after its relu).
+    pub fn forward(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let representation = self.forward_stages(images, 0..STAGES.len(), false);
+        (self.classify(&representation), representation)
+    }
+}
+
+impl StagedBase for BaseCnn {
+    fn stage_names(&self) -> &[&'static str] {
+        &STAGES
+    }
+
+    /// # Shapes
+    /// Stage inputs: `conv1` `[N, 1, 28, 28]`, `conv2` `[N, 32, 14, 14]`, `representation`
+    /// `[N, 3136]`; the last stage outputs `[N, 256]`.
+    fn forward_stages(&self, xs: &Tensor, stages: Range<usize>, _train: bool) -> Tensor {
+        let mut xs = xs.shallow_clone();
+        for stage in stages {
+            xs = match stage {
+                0 => self.conv1.forward(&xs).relu().avg_pool2d_default(2),
+                1 => self.conv2.forward(&xs).relu().avg_pool2d_default(2).flatten(1, -1),
+                _ => self.representation.forward(&xs).relu(),
+            };
+        }
+        xs
+    }
+
+    /// # Shapes
+    /// `[N, 256]` → `[N, n_classes]`.
+    fn classify(&self, representation: &Tensor) -> Tensor {
+        self.classifier.forward(representation).log_softmax(-1, Kind::Float)
+    }
+
+    fn classifier_name(&self) -> &'static str {
+        "classifier"
+    }
+
+    fn representation_dim(&self) -> i64 {
+        REPRESENTATION_DIM
+    }
+}

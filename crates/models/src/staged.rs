@@ -1,0 +1,29 @@
+//! The trait through which the trainer sees a base network.
+
+use std::ops::Range;
+
+use tch::Tensor;
+
+/// A base network as an ordered list of named stages ending with the representation a head is
+/// trained on, plus the base's own classifier over that representation.
+///
+/// Each stage's variables live under the `nn::Path` of the same name (`conv1.weight`, ...), so
+/// the trainer can tell frozen tensors from trainable ones by name alone.
+pub trait StagedBase {
+    /// Stage names in forward order; the last one outputs the representation.
+    fn stage_names(&self) -> &[&'static str];
+
+    /// Runs the stages in `stages` (indices into [`stage_names`](Self::stage_names)) on `xs`,
+    /// which must be the input of stage `stages.start`. An empty range returns `xs` unchanged.
+    /// `train` selects training-mode behaviour where a stage has any.
+    fn forward_stages(&self, xs: &Tensor, stages: Range<usize>, train: bool) -> Tensor;
+
+    /// The base's own classifier: log-probabilities from a representation.
+    fn classify(&self, representation: &Tensor) -> Tensor;
+
+    /// The variable-path prefix of the classifier (`"classifier"` for [`BaseCnn`](crate::BaseCnn)).
+    fn classifier_name(&self) -> &'static str;
+
+    /// The representation's width.
+    fn representation_dim(&self) -> i64;
+}

@@ -1,0 +1,99 @@
+//! Shape, naming and staging tests on CPU.
+
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::*;
+
+#[test]
+fn base_returns_log_probs_and_representation() {
+    tch::manual_seed(0);
+    let store = nn::VarStore::new(Device::Cpu);
+    let base = BaseCnn::new(&store.root(), 10);
+    let images = Tensor::rand([5, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let (log_probs, representation) = base.forward(&images);
+    assert_eq!(log_probs.size(), [5, 10]);
+    assert_eq!(representation.size(), [5, 256]);
+    assert!(representation.min().double_value(&[]) >= 0.0, "representation is after its relu");
+    let total = log_probs.exp().sum_dim_intlist(-1, false, Kind::Float);
+    assert!(total.allclose(&Tensor::ones([5], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
+}
+
+#[test]
+fn staged_forward_equals_the_whole_forward() {
+    tch::manual_seed(1);
+    let store = nn::VarStore::new(Device::Cpu);
+    let base = BaseCnn::new(&store.root(), 10);
+    let images = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let whole = base.forward_stages(&images, 0..3, false);
+    for split in 0..=3 {
+        let low = base.forward_stages(&images, 0..split, false);
+        let high = base.forward_stages(&low, split..3, false);
+        assert!(high.equal(&whole), "split at {split} differs");
+    }
+    assert_eq!(base.forward_stages(&images, 0..1, false).size(), [3, 32, 14, 14]);
+    assert_eq!(base.forward_stages(&images, 0..2, false).size(), [3, 3136]);
+}
+
+#[test]
+fn variable_names_and_layouts_match_pytorch() {
+    let store = nn::VarStore::new(Device::Cpu);
+    let _base = BaseCnn::new(&store.root(), 10);
+    let head_store = nn::VarStore::new(Device::Cpu);
+    let _head = RefineHead::new(&head_store.root(), HeadConfig::default());
+    let shapes = |store: &nn::VarStore| {
+        let mut shapes: Vec<(String, Vec<i64>)> =
+            store.variables().into_iter().map(|(name, tensor)| (name, tensor.size())).collect();
+        shapes.sort();
+        shapes
+    };
+    let expected: Vec<(String, Vec<i64>)> = [
+        ("classifier.bias", vec![10]),
+        ("classifier.weight", vec![10, 256]),
+        ("conv1.bias", vec![32]),
+        ("conv1.weight", vec![32, 1, 3, 3]),
+        ("conv2.bias", vec![64]),
+        ("conv2.weight", vec![64, 32, 3, 3]),
+        ("representation.bias", vec![256]),
+        ("representation.weight", vec![256, 3136]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| (name.to_owned(), shape))
+    .collect();
+    assert_eq!(shapes(&store), expected);
+    let head: Vec<(String, Vec<i64>)> = [
+        ("final.bias", vec![10]),
+        ("final.weight", vec![10, 64]),
+        ("hidden.bias", vec![64]),
+        ("hidden.weight", vec![64, 256]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| (name.to_owned(), shape))
+    .collect();
+    assert_eq!(shapes(&head_store), head);
+}
+
+#[test]
+fn initialisation_is_lecun_normal_with_zero_biases() {
+    tch::manual_seed(2);
+    let store = nn::VarStore::new(Device::Cpu);
+    let _base = BaseCnn::new(&store.root(), 10);
+    let variables = store.variables();
+    let weight = &variables["representation.weight"];
+    let std = weight.std(true).double_value(&[]);
+    let expected = 1.0 / 3136f64.sqrt();
+    assert!((std - expected).abs() < 0.02 * expected, "std {std}, expected {expected}");
+    assert!(weight.mean(Kind::Float).double_value(&[]).abs() < 0.01 * expected * 10.0);
+    for bias in ["conv1.bias", "conv2.bias", "representation.bias", "classifier.bias"] {
+        assert_eq!(variables[bias].abs().sum(Kind::Float).double_value(&[]), 0.0, "{bias}");
+    }
+}
+
+#[test]
+fn head_maps_representations_to_log_probs() {
+    let store = nn::VarStore::new(Device::Cpu);
+    let config = HeadConfig { input_dim: 8, hidden_dim: 4, n_classes: 3 };
+    let head = RefineHead::new(&store.root(), config);
+    let out = head.forward(&Tensor::rand([6, 8], (Kind::Float, Device::Cpu)));
+    assert_eq!(out.size(), [6, 3]);
+    assert!(out.max().double_value(&[]) <= 0.0);
+}
