@@ -36,6 +36,17 @@ pub enum Error {
     /// Training was asked for on a dataset with no examples.
     #[error("cannot train on an empty dataset")]
     EmptyDataset,
+    /// Fewer training examples than one batch: with the last short batch dropped, no step
+    /// would ever run.
+    #[error(
+        "the training set has {examples} examples, fewer than one batch of {batch_size}\nhint: lower --batch-size"
+    )]
+    BatchLargerThanDataset {
+        /// Training examples.
+        examples: usize,
+        /// The batch size.
+        batch_size: usize,
+    },
     /// Images of a size the model cannot take.
     #[error("the model needs {expected}x{expected} images, the dataset has {rows}x{cols}")]
     ImageSize {

@@ -52,10 +52,10 @@ pub enum Event {
     PhaseFinished,
     /// An epoch is done, with its metrics.
     Epoch(EpochMetrics),
-    /// A resumable run picked up from a saved state.
+    /// A resumable run picked up from a saved state holding these finished epochs.
     Resumed {
-        /// Epochs already done.
-        epochs_done: usize,
+        /// The metrics of the epochs already done.
+        epochs: Vec<EpochMetrics>,
     },
 }
 
@@ -104,7 +104,7 @@ pub(crate) struct Inputs<'a> {
 
 /// The batch size used for evaluation and feature extraction: larger batches amortise
 /// per-call overhead without changing results.
-pub(crate) const EVAL_BATCH: usize = 1000;
+pub(crate) const EVAL_BATCH: usize = 256;
 
 /// The seed of epoch `epoch`'s batch order.
 pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
@@ -127,6 +127,12 @@ pub(crate) fn train_epochs(
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<EpochMetrics>> {
     let n_train = data.train.size()[0] as usize;
+    if n_train < config.batch_size.get() {
+        return Err(Error::BatchLargerThanDataset {
+            examples: n_train,
+            batch_size: config.batch_size.get(),
+        });
+    }
     for epoch in metrics.len() + 1..=config.epochs {
         let plan =
             BatchPlan::shuffled(n_train, config.batch_size, epoch_seed(config.seed, epoch), true);

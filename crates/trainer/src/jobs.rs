@@ -70,12 +70,12 @@ pub fn pretrain(
         RunState::new(dir, "pretrain", run_key("pretrain", config, &[&train.len().to_string()]))
     });
     let restored = match &state {
-        Some(state) => state.restore(&params, &mut optimizer, device)?,
+        Some(state) => state.restore(&params, &mut optimizer, device, config.epochs)?,
         None => Vec::new(),
     };
     let resumed_epochs = restored.len();
     if resumed_epochs > 0 {
-        events(Event::Resumed { epochs_done: resumed_epochs });
+        events(Event::Resumed { epochs: restored.clone() });
     }
     let started = Instant::now();
     let mut save = |metrics: &[EpochMetrics], optimizer: &Optimizer| match &state {
@@ -262,12 +262,12 @@ pub fn refine(
         .as_deref()
         .map(|dir| RunState::new(dir, "refine", run_key("refine", &config.fit, &key_parts)));
     let restored = match &state {
-        Some(state) => state.restore(&all_params, &mut optimizer, device)?,
+        Some(state) => state.restore(&all_params, &mut optimizer, device, config.fit.epochs)?,
         None => Vec::new(),
     };
     let resumed_epochs = restored.len();
     if resumed_epochs > 0 {
-        events(Event::Resumed { epochs_done: resumed_epochs });
+        events(Event::Resumed { epochs: restored.clone() });
     }
     let refine_started = Instant::now();
     let mut save = |metrics: &[EpochMetrics], optimizer: &Optimizer| match &state {

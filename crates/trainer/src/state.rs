@@ -31,12 +31,14 @@ impl RunState {
     }
 
     /// Loads a matching state into `params` and `optimizer`; returns the metrics of the epochs
-    /// it holds (empty when there is no state or it belongs to another configuration).
+    /// it holds. Returns nothing (and touches nothing) when there is no state, it belongs to
+    /// another configuration, or it holds more than `max_epochs` epochs.
     pub fn restore(
         &self,
         params: &[(String, Tensor)],
         optimizer: &mut Optimizer,
         device: Device,
+        max_epochs: usize,
     ) -> Result<Vec<EpochMetrics>> {
         if !self.path.exists() {
             return Ok(Vec::new());
@@ -49,6 +51,10 @@ impl RunState {
         }
         let metrics: Vec<EpochMetrics> =
             serde_json::from_str(saved.meta("metrics").unwrap_or("[]")).unwrap_or_default();
+        if metrics.len() > max_epochs {
+            tracing::warn!(path = %self.path.display(), saved = metrics.len(), max_epochs, "saved state has more epochs than asked for; starting over");
+            return Ok(Vec::new());
+        }
         let steps: i64 = saved.meta("steps").and_then(|steps| steps.parse().ok()).unwrap_or(0);
         for (name, param) in params {
             let Some(value) = saved.tensor(&format!("{PARAM_PREFIX}{name}")) else {
