@@ -53,7 +53,7 @@ fn default_out(out: Option<&PathBuf>, common: &CommonArgs) -> PathBuf {
 }
 
 /// Loads train and test sets; returns them with the seconds it took.
-fn load_data(common: &CommonArgs) -> anyhow::Result<(Splits, f64)> {
+pub(crate) fn load_data(common: &CommonArgs) -> anyhow::Result<(Splits, f64)> {
     let started = Instant::now();
     let dir = data_dir(common);
     if !dir.is_dir() {
@@ -99,14 +99,14 @@ fn fit_config(
     }
 }
 
-fn new_base(seed: u64, n_classes: usize, device: Device) -> (VarStore, BaseCnn) {
+pub(crate) fn new_base(seed: u64, n_classes: usize, device: Device) -> (VarStore, BaseCnn) {
     tch::manual_seed(seed as i64);
     let store = VarStore::new(device);
     let base = BaseCnn::new(&store.root(), n_classes as i64);
     (store, base)
 }
 
-fn new_head(seed: u64, n_classes: usize, device: Device) -> (VarStore, RefineHead) {
+pub(crate) fn new_head(seed: u64, n_classes: usize, device: Device) -> (VarStore, RefineHead) {
     tch::manual_seed((seed ^ HEAD_SEED_SALT) as i64);
     let store = VarStore::new(device);
     let head = RefineHead::new(
@@ -263,9 +263,44 @@ fn refine_json(report: &RefineReport) -> Value {
     })
 }
 
-fn merge(target: &mut Value, extra: Value) {
-    if let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) {
-        target.extend(extra);
+/// The parts of a `run` or `refine` report that do not come from the refine report itself.
+struct RefineDocument<'a> {
+    command: &'static str,
+    common: &'a CommonArgs,
+    splits: &'a Splits,
+    config: &'a RefineConfig,
+    base: Value,
+    load_s: f64,
+    pretrain_s: f64,
+    started: Instant,
+}
+
+impl RefineDocument<'_> {
+    /// The whole report: context, the refine results, the output files and the timings.
+    fn build(self, report: &RefineReport, mut files: Value, out: &Path) -> Value {
+        files["report"] = json!(out.join("report.json"));
+        let mut document = json!({
+            "command": self.command,
+            "versions": versions(self.config.fit.device),
+            "dataset": dataset_json(self.common, self.splits),
+            "config": self.config,
+            "base": self.base,
+            "files": files,
+        });
+        if let (Some(target), Value::Object(extra)) =
+            (document.as_object_mut(), refine_json(report))
+        {
+            target.extend(extra);
+        }
+        document["timings"] = json!({
+            "load_s": self.load_s,
+            "pretrain_s": self.pretrain_s,
+            "extract_s": report.extract_s,
+            "refine_s": report.refine_s,
+            "eval_s": report.eval_s,
+            "total_s": self.started.elapsed().as_secs_f64(),
+        });
+        document
     }
 }
 
@@ -371,25 +406,18 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
     let (report, mut files) =
         refine_and_save(ui, &mut log, &base, &mut base_store, &splits, &config, &out, common.seed)?;
     files["base"] = json!(base_path);
-    files["report"] = json!(out.join("report.json"));
     files["metrics"] = json!(out.join("metrics.jsonl"));
-    let mut document = json!({
-        "command": "run",
-        "versions": versions(device),
-        "dataset": dataset_json(common, &splits),
-        "config": config,
-        "base": base_info,
-        "files": files,
-    });
-    merge(&mut document, refine_json(&report));
-    document["timings"] = json!({
-        "load_s": load_s,
-        "pretrain_s": pretrain_s,
-        "extract_s": report.extract_s,
-        "refine_s": report.refine_s,
-        "eval_s": report.eval_s,
-        "total_s": started.elapsed().as_secs_f64(),
-    });
+    let document = RefineDocument {
+        command: "run",
+        common,
+        splits: &splits,
+        config: &config,
+        base: base_info,
+        load_s,
+        pretrain_s,
+        started,
+    }
+    .build(&report, files, &out);
     emit(&document, &out, common.json, || summary::print_run(&document))
 }
 
@@ -459,26 +487,20 @@ pub fn refine(args: &RefineArgs, ui: &Ui) -> anyhow::Result<()> {
         fit_config(&args.train, args.lr, args.head.epochs, common, device),
         &out,
     );
-    let (report, mut files) =
+    let (report, files) =
         refine_and_save(ui, &mut log, &base, &mut base_store, &splits, &config, &out, common.seed)?;
-    files["report"] = json!(out.join("report.json"));
-    let mut document = json!({
-        "command": "refine",
-        "versions": versions(device),
-        "dataset": dataset_json(common, &splits),
-        "config": config,
-        "base": { "source": "loaded", "path": args.base },
-        "files": files,
-    });
-    merge(&mut document, refine_json(&report));
-    document["timings"] = json!({
-        "load_s": load_s,
-        "pretrain_s": 0.0,
-        "extract_s": report.extract_s,
-        "refine_s": report.refine_s,
-        "eval_s": report.eval_s,
-        "total_s": started.elapsed().as_secs_f64(),
-    });
+    let base_info = json!({ "source": "loaded", "path": args.base });
+    let document = RefineDocument {
+        command: "refine",
+        common,
+        splits: &splits,
+        config: &config,
+        base: base_info,
+        load_s,
+        pretrain_s: 0.0,
+        started,
+    }
+    .build(&report, files, &out);
     emit(&document, &out, common.json, || summary::print_run(&document))
 }
 
