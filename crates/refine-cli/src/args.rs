@@ -52,6 +52,10 @@ pub enum Command {
 Example: refine-cli predict --base runs/mnist/base.safetensors --head runs/mnist/head.safetensors digit.png"
     )]
     Predict(PredictArgs),
+    /// Time every phase on full MNIST (median of repeats), with the machine's matmul rate, and
+    /// optionally the PyTorch reference side by side; writes bench.json and bench.md.
+    #[command(after_help = "Example: refine-cli bench --repeat 3 --reference /path/to/python3")]
+    Bench(BenchArgs),
     /// Show a checkpoint's tensors (name, shape, dtype, fingerprint) and what a head is bound to.
     #[command(
         after_help = "Example: refine-cli inspect runs/mnist/head.safetensors --show-weights"
@@ -283,4 +287,23 @@ pub struct InspectArgs {
     /// Also print the 5x5 top-left slices of the representation and final kernels, as the seed did.
     #[arg(long)]
     pub show_weights: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Timed runs of each phase, after one warm-up run.
+    #[arg(long, default_value_t = NonZeroUsize::new(3).expect("non-zero"))]
+    pub repeat: NonZeroUsize,
+    /// Examples per training step.
+    #[arg(long, default_value_t = NonZeroUsize::new(128).expect("non-zero"))]
+    pub batch_size: NonZeroUsize,
+    /// Output folder for bench.json and bench.md [default: runs/bench].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A Python with torch installed: also run benches/reference/torch_reference.py with it and
+    /// print the ratio of each phase.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
 }

@@ -3,6 +3,7 @@
 //! Logs and progress go to stderr; stdout carries the summary or, with `--json`, the report.
 
 mod args;
+mod bench;
 mod commands;
 mod output;
 mod predict;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(a)) => (a.common.quiet, a.common.verbose),
         Some(Command::Predict(a)) => (a.common.quiet, a.common.verbose),
         Some(Command::Inspect(a)) => (a.common.quiet, a.common.verbose),
+        Some(Command::Bench(a)) => (a.common.quiet, a.common.verbose),
     };
     let ui = progress::Ui::new(quiet_and_verbose.0);
     ui.init_logging(quiet_and_verbose.1);
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => commands::eval(args),
         Some(Command::Predict(args)) => predict::predict(args),
         Some(Command::Inspect(args)) => predict::inspect(args),
+        Some(Command::Bench(args)) => bench::bench(args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

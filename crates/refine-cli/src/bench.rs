@@ -1,0 +1,287 @@
+//! `bench`: every phase timed on full MNIST (one warm-up, then the median of `--repeat` runs),
+//! the machine's fp32 matmul rate measured in the same run, peak memory, and optionally the
+//! PyTorch reference script run side by side.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tch::{Kind, Tensor};
+use trainer::{FeatureCache, FitConfig, OptimizerConfig, RefineConfig};
+
+use crate::args::BenchArgs;
+use crate::commands::{load_data, new_base, new_head, setup};
+use crate::output::{prepare_out, write_atomic, write_json};
+use crate::progress::Ui;
+
+/// Multiply-adds of one base forward per image (conv1 5%, conv2 78%, representation 17%).
+const BASE_MACS_PER_IMAGE: f64 = 4_643_840.0;
+/// Side of the square matrices of the matmul probe.
+const MATMUL_SIDE: i64 = 2048;
+
+/// Seconds of each timed run.
+struct Timing(Vec<f64>);
+
+impl Timing {
+    fn median(&self) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
+
+    fn json(&self) -> Value {
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(0.0, f64::max);
+        json!({ "median_s": self.median(), "min_s": min, "max_s": max, "runs": self.0 })
+    }
+}
+
+/// Runs `measure` once to warm up, then `repeat` times; each call returns its own seconds.
+fn time(repeat: usize, mut measure: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<Timing> {
+    measure()?;
+    Ok(Timing((0..repeat).map(|_| measure()).collect::<anyhow::Result<_>>()?))
+}
+
+fn wall(function: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    function();
+    started.elapsed().as_secs_f64()
+}
+
+/// Peak resident memory of this process, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `bench`.
+pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
+    let common = &args.common;
+    let device = setup(common)?;
+    let repeat = args.repeat.get();
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs/bench"));
+    prepare_out(&out)?;
+    let (splits, _) = load_data(common)?;
+    let data_dir =
+        common.data_dir.clone().unwrap_or_else(|| Path::new("data").join(common.dataset.as_str()));
+    let n_classes = splits.train.n_classes();
+    let mut phases = serde_json::Map::new();
+
+    ui.message("bench: load");
+    let load = time(repeat, || Ok(wall(|| drop(mnist_io::load_dir(&data_dir)))))?;
+    phases.insert("load".into(), load.json());
+
+    ui.message("bench: matmul probe");
+    let a = Tensor::randn([MATMUL_SIDE, MATMUL_SIDE], (Kind::Float, device));
+    let b = Tensor::randn([MATMUL_SIDE, MATMUL_SIDE], (Kind::Float, device));
+    let matmul = time(repeat.max(5), || {
+        Ok(wall(|| {
+            let _ = a.matmul(&b).sum(Kind::Float).double_value(&[]);
+        }))
+    })?;
+    let matmul_gflops = 2.0 * (MATMUL_SIDE as f64).powi(3) / matmul.median() / 1e9;
+
+    let fit = |epochs| FitConfig {
+        epochs,
+        batch_size: args.batch_size,
+        optimizer: OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },
+        seed: common.seed,
+        device,
+    };
+    let refine_once = |cache: FeatureCache| -> anyhow::Result<trainer::RefineReport> {
+        let (mut base_store, base) = new_base(common.seed, n_classes, device);
+        let (head_store, head) = new_head(common.seed, n_classes, device);
+        let config = RefineConfig {
+            fit: fit(1),
+            train_from: None,
+            base_lr: None,
+            feature_cache: cache,
+            state_dir: None,
+        };
+        Ok(trainer::refine(
+            &base,
+            &mut base_store,
+            &head,
+            &head_store,
+            &splits.train,
+            &splits.test,
+            &config,
+            &mut |_| {},
+        )?)
+    };
+
+    ui.message("bench: feature extraction + refine epoch over cached features");
+    let mut extract = Vec::new();
+    let cached = time(repeat, || {
+        let report = refine_once(FeatureCache::Memory)?;
+        extract.push(report.extract_s);
+        Ok(report.epochs[0].seconds)
+    })?;
+    // The warm-up run's figures are dropped, as everywhere else.
+    let extract = Timing(extract.split_off(1));
+    let n_images = (splits.train.len() + splits.test.len()) as f64;
+    let extract_gflops = 2.0 * BASE_MACS_PER_IMAGE * n_images / extract.median() / 1e9;
+    phases.insert("extract".into(), extract.json());
+    phases.insert("refine_epoch_cached".into(), cached.json());
+
+    ui.message("bench: refine epoch, naive (frozen forward per batch)");
+    let naive = time(repeat, || Ok(refine_once(FeatureCache::Off)?.epochs[0].seconds))?;
+    phases.insert("refine_epoch_naive".into(), naive.json());
+
+    ui.message("bench: evaluation on the test set (base + head from images)");
+    let (_, base) = new_base(common.seed, n_classes, device);
+    let (_, head) = new_head(common.seed, n_classes, device);
+    let eval_full = time(repeat, || {
+        let started = Instant::now();
+        trainer::evaluate_head(&base, &head, &splits.test, device)?;
+        Ok(started.elapsed().as_secs_f64())
+    })?;
+    phases.insert("eval".into(), eval_full.json());
+
+    ui.message("bench: pretraining epoch");
+    let pretrain = time(repeat, || {
+        let (mut store, base) = new_base(common.seed, n_classes, device);
+        let mut config = fit(1);
+        config.optimizer = OptimizerConfig::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 };
+        Ok(trainer::pretrain(
+            &base,
+            &mut store,
+            &splits.train,
+            &splits.test,
+            &config,
+            None,
+            &mut |_| {},
+        )?
+        .epochs[0]
+            .seconds)
+    })?;
+    phases.insert("pretrain_epoch".into(), pretrain.json());
+
+    let mut document = json!({
+        "machine": { "cpu": cpu_model(), "cores": std::thread::available_parallelism().map_or(0, usize::from) },
+        "versions": { "refine_cli": env!("CARGO_PKG_VERSION"), "tch": "0.26", "libtorch": crate::commands::LIBTORCH_VERSION },
+        "device": format!("{device:?}").to_lowercase(),
+        "threads": tch::get_num_threads(),
+        "repeat": repeat,
+        "batch_size": args.batch_size,
+        "phases": phases,
+        "matmul_gflops": matmul_gflops,
+        "extract_gflops": extract_gflops,
+        "extract_fraction_of_matmul": extract_gflops / matmul_gflops,
+        "naive_over_cached_epoch": naive.median() / cached.median(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if let Some(python) = &args.reference {
+        ui.message("bench: PyTorch reference");
+        let reference = run_reference(python, &data_dir, repeat, args.batch_size.get())?;
+        let mut ratios = serde_json::Map::new();
+        for (name, ours) in document["phases"].as_object().cloned().unwrap_or_default() {
+            if let (Some(theirs), Some(ours)) =
+                (reference["phases"][&name]["median_s"].as_f64(), ours["median_s"].as_f64())
+            {
+                ratios.insert(name, json!(theirs / ours));
+            }
+        }
+        document["reference"] = reference;
+        document["speedup_over_reference"] = Value::Object(ratios);
+    }
+    write_json(&out.join("bench.json"), &document)?;
+    let table = markdown(&document);
+    write_atomic(&out.join("bench.md"), table.as_bytes())?;
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+fn run_reference(
+    python: &Path,
+    data_dir: &Path,
+    repeat: usize,
+    batch_size: usize,
+) -> anyhow::Result<Value> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/reference/torch_reference.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--threads", &tch::get_num_threads().to_string()])
+        .args(["--repeat", &repeat.to_string(), "--batch-size", &batch_size.to_string()])
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    if !output.status.success() {
+        bail!("the reference script failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    serde_json::from_slice(&output.stdout).context("the reference script's output is not JSON")
+}
+
+/// The markdown table of a bench document.
+fn markdown(document: &Value) -> String {
+    let phases = [
+        ("load", "load MNIST (raw IDX, train + test)"),
+        ("extract", "feature extraction (70,000 images)"),
+        ("refine_epoch_cached", "refine epoch over cached features"),
+        ("refine_epoch_naive", "refine epoch, naive (frozen forward per batch)"),
+        ("eval", "evaluation (10,000 test images, base + head)"),
+        ("pretrain_epoch", "pretraining epoch (whole base)"),
+    ];
+    let reference = document.get("reference").is_some();
+    let mut table = format!(
+        "Machine: {} ({} cores), {} threads, libtorch {}, batch {}; median of {} runs after a warm-up.\n\n",
+        document["machine"]["cpu"].as_str().unwrap_or("?"),
+        document["machine"]["cores"],
+        document["threads"],
+        document["versions"]["libtorch"].as_str().unwrap_or("?"),
+        document["batch_size"],
+        document["repeat"],
+    );
+    table.push_str(if reference { "| phase | refine (s) | min | max | PyTorch eager (s) | speed-up |\n|---|---|---|---|---|---|\n" } else { "| phase | refine (s) | min | max |\n|---|---|---|---|\n" });
+    for (key, label) in phases {
+        let phase = &document["phases"][key];
+        let cell =
+            |field: &str| phase[field].as_f64().map_or("-".to_owned(), |v| format!("{v:.3}"));
+        table.push_str(&format!(
+            "| {label} | {} | {} | {} |",
+            cell("median_s"),
+            cell("min_s"),
+            cell("max_s")
+        ));
+        if reference {
+            let theirs = document["reference"]["phases"][key]["median_s"]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.3}"));
+            let ratio = document["speedup_over_reference"][key]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.2}x"));
+            table.push_str(&format!(" {theirs} | {ratio} |"));
+        }
+        table.push('\n');
+    }
+    table.push_str(&format!(
+        "\nfp32 matmul ({MATMUL_SIDE}x{MATMUL_SIDE}): {:.0} GFLOP/s; extraction: {:.0} GFLOP/s ({:.0}% of it). Naive / cached refine epoch: {:.1}x. Peak memory: {:.0} MiB.\n",
+        document["matmul_gflops"].as_f64().unwrap_or(0.0),
+        document["extract_gflops"].as_f64().unwrap_or(0.0),
+        document["extract_fraction_of_matmul"].as_f64().unwrap_or(0.0) * 100.0,
+        document["naive_over_cached_epoch"].as_f64().unwrap_or(0.0),
+        document["peak_rss_mib"].as_f64().unwrap_or(0.0),
+    ));
+    table
+}
