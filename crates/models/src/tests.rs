@@ -97,3 +97,40 @@ fn head_maps_representations_to_log_probs() {
     assert_eq!(out.size(), [6, 3]);
     assert!(out.max().double_value(&[]) <= 0.0);
 }
+
+#[test]
+fn the_patch_product_conv1_equals_the_direct_convolution() {
+    tch::manual_seed(3);
+    let store = nn::VarStore::new(Device::Cpu);
+    let base = BaseCnn::new(&store.root(), 10);
+    let conv1 = nn::conv2d(
+        store.root() / "direct",
+        1,
+        32,
+        3,
+        nn::ConvConfig { padding: 1, ..Default::default() },
+    );
+    let variables = store.variables();
+    tch::no_grad(|| {
+        let mut ws = conv1.ws.shallow_clone();
+        ws.copy_(&variables["conv1.weight"]);
+        conv1
+            .bs
+            .as_ref()
+            .unwrap()
+            .shallow_clone()
+            .copy_(&(variables["conv1.bias"].rand_like() - 0.5));
+        variables["conv1.bias"].shallow_clone().copy_(conv1.bs.as_ref().unwrap());
+    });
+    let images = Tensor::rand([7, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let direct = nn::Module::forward(&conv1, &images).relu().avg_pool2d_default(2);
+    let staged = base.forward_stages(&images, 0..1, false);
+    assert_eq!(staged.size(), [7, 32, 14, 14]);
+    assert!(
+        staged.allclose(&direct, 1e-5, 1e-6, false),
+        "max diff {}",
+        (&staged - &direct).abs().max()
+    );
+    let training = base.forward_stages(&images, 0..1, true);
+    assert!(training.allclose(&staged, 1e-5, 1e-6, false), "train and eval paths differ");
+}

@@ -104,7 +104,7 @@ pub(crate) struct Inputs<'a> {
 
 /// The batch size used for evaluation and feature extraction: larger batches amortise
 /// per-call overhead without changing results.
-pub(crate) const EVAL_BATCH: usize = 256;
+pub(crate) const EVAL_BATCH: usize = 64;
 
 /// The seed of epoch `epoch`'s batch order.
 pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
