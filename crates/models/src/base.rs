@@ -75,7 +75,7 @@ impl BaseCnn {
         let patches = xs.im2col([3, 3], [1, 1], [1, 1], [1, 1]).transpose(1, 2);
         let mut ys = patches.matmul(&weight);
         if let Some(bias) = &self.conv1.bs {
-            ys = ys + bias;
+            ys += bias;
         }
         ys.relu()
             .reshape([n, height, width, out_channels])
