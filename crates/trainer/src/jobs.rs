@@ -69,27 +69,15 @@ pub fn pretrain(
     let state = state_dir.map(|dir| {
         RunState::new(dir, "pretrain", run_key("pretrain", config, &[&train.len().to_string()]))
     });
-    let restored = match &state {
-        Some(state) => state.restore(&params, &mut optimizer, device, config.epochs)?,
-        None => Vec::new(),
-    };
-    let resumed_epochs = restored.len();
-    if resumed_epochs > 0 {
-        events(Event::Resumed { epochs: restored.clone() });
-    }
     let started = Instant::now();
-    let mut save = |metrics: &[EpochMetrics], optimizer: &Optimizer| match &state {
-        Some(state) => state.save(&params, optimizer, metrics),
-        None => Ok(()),
-    };
-    let epochs = train_epochs(
+    let (epochs, resumed_epochs) = train_resumable(
         &data,
         &forward,
         &mut optimizer,
+        &params,
         config,
         "pretrain",
-        restored,
-        &mut save,
+        state.as_ref(),
         events,
     )?;
     let train_s = started.elapsed().as_secs_f64();
@@ -261,27 +249,15 @@ pub fn refine(
         .state_dir
         .as_deref()
         .map(|dir| RunState::new(dir, "refine", run_key("refine", &config.fit, &key_parts)));
-    let restored = match &state {
-        Some(state) => state.restore(&all_params, &mut optimizer, device, config.fit.epochs)?,
-        None => Vec::new(),
-    };
-    let resumed_epochs = restored.len();
-    if resumed_epochs > 0 {
-        events(Event::Resumed { epochs: restored.clone() });
-    }
     let refine_started = Instant::now();
-    let mut save = |metrics: &[EpochMetrics], optimizer: &Optimizer| match &state {
-        Some(state) => state.save(&all_params, optimizer, metrics),
-        None => Ok(()),
-    };
-    let epochs = train_epochs(
+    let (epochs, resumed_epochs) = train_resumable(
         &data,
         &forward,
         &mut optimizer,
+        &all_params,
         &config.fit,
         "refine",
-        restored,
-        &mut save,
+        state.as_ref(),
         events,
     )?;
     let refine_s = refine_started.elapsed().as_secs_f64();
@@ -361,6 +337,37 @@ pub fn evaluate_base(
 pub fn predict(base: &dyn StagedBase, head: &RefineHead, images: &Tensor) -> Tensor {
     let stages = base.stage_names().len();
     tch::no_grad(|| head.forward(&base.forward_stages(images, 0..stages, false)).exp())
+}
+
+/// Restores a matching saved state (and says so through `events`), then trains up to
+/// `config.epochs`, saving the state after every epoch. Returns all epochs' metrics and how many
+/// were restored.
+#[allow(clippy::too_many_arguments)]
+fn train_resumable(
+    data: &Inputs<'_>,
+    forward: &crate::fit::Forward<'_>,
+    optimizer: &mut Optimizer,
+    params: &[(String, Tensor)],
+    config: &FitConfig,
+    phase: &str,
+    state: Option<&RunState>,
+    events: &mut dyn FnMut(Event),
+) -> Result<(Vec<EpochMetrics>, usize)> {
+    let restored = match state {
+        Some(state) => state.restore(params, optimizer, config.device, config.epochs)?,
+        None => Vec::new(),
+    };
+    let resumed_epochs = restored.len();
+    if resumed_epochs > 0 {
+        events(Event::Resumed { epochs: restored.clone() });
+    }
+    let mut save = |metrics: &[EpochMetrics], optimizer: &Optimizer| match state {
+        Some(state) => state.save(params, optimizer, metrics),
+        None => Ok(()),
+    };
+    let epochs =
+        train_epochs(data, forward, optimizer, config, phase, restored, &mut save, events)?;
+    Ok((epochs, resumed_epochs))
 }
 
 /// A key identifying a run's configuration for resuming: the phase, the fit settings except the
