@@ -195,6 +195,30 @@ fn base_store_classes(store: &VarStore) -> usize {
     store.variables().get("classifier.bias").map_or(10, |bias| bias.size()[0] as usize)
 }
 
+/// Pretrains a fresh base (resuming from OUT's saved state) and saves it to
+/// OUT/base.safetensors; returns it with its report and fingerprint.
+fn pretrain_and_save(
+    ui: &Ui,
+    log: &mut MetricsLog,
+    splits: &Splits,
+    fit: &FitConfig,
+    out: &Path,
+    seed: u64,
+) -> anyhow::Result<(VarStore, BaseCnn, trainer::PretrainReport, String)> {
+    let (mut store, base) = new_base(seed, splits.train.n_classes(), fit.device);
+    let report = trainer::pretrain(
+        &base,
+        &mut store,
+        &splits.train,
+        &splits.test,
+        fit,
+        Some(out),
+        &mut with_log(ui, log, "pretrain"),
+    )?;
+    let fingerprint = trainer::save_base(&out.join("base.safetensors"), &store)?;
+    Ok((store, base, report, fingerprint))
+}
+
 /// Refines, saves the head (and a fine-tuned base), and returns the report's refine part.
 #[allow(clippy::too_many_arguments)]
 fn refine_and_save(
@@ -372,21 +396,12 @@ pub fn run(args: &RunArgs, ui: &Ui) -> anyhow::Result<()> {
             base_info = json!({ "source": "reused", "path": base_path });
             load_base(&base_path, device)?
         } else {
-            let (mut store, base) = new_base(common.seed, n_classes, device);
             let fit =
                 fit_config(&args.train, args.pretrain_lr, args.pretrain_epochs, common, device);
             let pretrain_started = Instant::now();
-            let report = trainer::pretrain(
-                &base,
-                &mut store,
-                &splits.train,
-                &splits.test,
-                &fit,
-                Some(&out),
-                &mut with_log(ui, &mut log, "pretrain"),
-            )?;
+            let (store, base, report, _) =
+                pretrain_and_save(ui, &mut log, &splits, &fit, &out, common.seed)?;
             pretrain_s = pretrain_started.elapsed().as_secs_f64();
-            trainer::save_base(&base_path, &store)?;
             write_json(&settings_path, &settings)?;
             base_info = json!({
                 "source": "pretrained",
@@ -430,19 +445,10 @@ pub fn pretrain(args: &PretrainArgs, ui: &Ui) -> anyhow::Result<()> {
     let out = default_out(args.out.as_ref(), common);
     prepare_out(&out)?;
     let mut log = MetricsLog::create(out.join("metrics.jsonl"))?;
-    let (mut store, base) = new_base(common.seed, splits.train.n_classes(), device);
     let fit = fit_config(&args.train, args.lr, args.epochs, common, device);
-    let report = trainer::pretrain(
-        &base,
-        &mut store,
-        &splits.train,
-        &splits.test,
-        &fit,
-        Some(&out),
-        &mut with_log(ui, &mut log, "pretrain"),
-    )?;
+    let (_, _, report, fingerprint) =
+        pretrain_and_save(ui, &mut log, &splits, &fit, &out, common.seed)?;
     let base_path = out.join("base.safetensors");
-    let fingerprint = trainer::save_base(&base_path, &store)?;
     let document = json!({
         "command": "pretrain",
         "versions": versions(device),
