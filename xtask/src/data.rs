@@ -355,7 +355,12 @@ fn fetch_from_registry(
             tar_members(flate2::read::GzDecoder::new(file), prefix, &wanted)
         }
         Registry::Debian { package, prefix } => {
-            run_client(Command::new("apt-get").args(["download", package]).current_dir(work))?;
+            run_client(Command::new("apt-get").args(["download", package]).current_dir(work))
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "{error:#}\nhint: run `apt-get update` first so apt knows the package"
+                    )
+                })?;
             let deb = only_file_with_suffix(work, ".deb")?;
             let output = Command::new("dpkg-deb")
                 .arg("--fsys-tarfile")

@@ -264,11 +264,19 @@ fn batch_plans_cover_the_examples() {
 
 /// The real MNIST folder, when `cargo xtask fetch-data` has put it in place.
 fn real_mnist_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    real_dir("mnist")
+}
+
+/// `data/<name>` when `cargo xtask fetch-data --dataset <name>` has put it in place.
+fn real_dir(name: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name);
     if dir.join(MNIST_FILES[0]).exists() {
         Some(dir)
     } else {
-        eprintln!("skipping: {} is absent (run `cargo xtask fetch-data`)", dir.display());
+        eprintln!(
+            "skipping: {} is absent (run `cargo xtask fetch-data --dataset {name}`)",
+            dir.display()
+        );
         None
     }
 }
@@ -293,4 +301,12 @@ fn real_mnist_round_trips_through_gzip() {
     let raw = std::fs::read(dir.join("t10k-labels-idx1-ubyte")).unwrap();
     let from_gz = parse_labels(&gzip(&raw), Path::new("t10k.gz")).unwrap();
     assert_eq!(labels_to_idx_bytes(&from_gz).unwrap(), raw);
+}
+
+#[test]
+fn real_fashion_mnist_is_balanced() {
+    let Some(dir) = real_dir("fashion-mnist") else { return };
+    let fashion = load_dir(&dir).unwrap();
+    assert_eq!(fashion.train.class_counts(), vec![6000; 10]);
+    assert_eq!(fashion.test.class_counts(), vec![1000; 10]);
 }
