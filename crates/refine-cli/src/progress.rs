@@ -72,12 +72,8 @@ impl Ui {
                     self.multi.remove(&bar);
                 }
             }
-            Event::Epoch(metrics) => tracing::info!(
-                epoch = metrics.epoch,
-                train_loss = metrics.train_loss,
-                test_accuracy = metrics.test_accuracy,
-                "epoch finished"
-            ),
+            // The trainer logs each epoch itself (at info level).
+            Event::Epoch(_) => {}
             Event::Resumed { epochs } => {
                 self.message(&format!("resuming: {} epoch(s) already done", epochs.len()));
             }
