@@ -112,12 +112,4 @@ impl StagedBase for BaseCnn {
     fn classify(&self, representation: &Tensor) -> Tensor {
         self.classifier.forward(representation).log_softmax(-1, Kind::Float)
     }
-
-    fn classifier_name(&self) -> &'static str {
-        "classifier"
-    }
-
-    fn representation_dim(&self) -> i64 {
-        REPRESENTATION_DIM
-    }
 }

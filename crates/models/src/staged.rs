@@ -20,10 +20,4 @@ pub trait StagedBase {
 
     /// The base's own classifier: log-probabilities from a representation.
     fn classify(&self, representation: &Tensor) -> Tensor;
-
-    /// The variable-path prefix of the classifier (`"classifier"` for [`BaseCnn`](crate::BaseCnn)).
-    fn classifier_name(&self) -> &'static str;
-
-    /// The representation's width.
-    fn representation_dim(&self) -> i64;
 }

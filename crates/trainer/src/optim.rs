@@ -88,11 +88,6 @@ impl Optimizer {
         Optimizer { groups, steps: 0 }
     }
 
-    /// The names of the tensors this optimizer updates.
-    pub fn param_names(&self) -> Vec<String> {
-        self.groups.iter().flat_map(|g| g.params.iter().map(|(name, _)| name.clone())).collect()
-    }
-
     /// Clears the gradients of every tensor it updates.
     pub fn zero_grad(&mut self) {
         for group in &mut self.groups {

@@ -411,12 +411,6 @@ impl StagedBase for Mlp {
     fn classify(&self, representation: &Tensor) -> Tensor {
         self.classifier.forward(representation).log_softmax(-1, Kind::Float)
     }
-    fn classifier_name(&self) -> &'static str {
-        "classifier"
-    }
-    fn representation_dim(&self) -> i64 {
-        256
-    }
 }
 
 #[test]
