@@ -61,6 +61,18 @@ impl BaseCnn {
 }
 
 impl BaseCnn {
+    /// Every weight and bias, layer by layer.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let convs = [&self.conv1, &self.conv2].map(|conv| (&conv.ws, conv.bs.as_ref()));
+        let linears =
+            [&self.representation, &self.classifier].map(|linear| (&linear.ws, linear.bs.as_ref()));
+        convs
+            .into_iter()
+            .chain(linears)
+            .flat_map(|(ws, bs)| std::iter::once(ws).chain(bs))
+            .collect()
+    }
+
     /// `conv1` → relu → avg_pool for inference, with the convolution computed as one matrix
     /// product over 3x3 patches in channels-last order: with a single input channel, libtorch's
     /// direct convolution forward is memory-bound and several times slower (70,000 images: about
@@ -111,5 +123,18 @@ impl StagedBase for BaseCnn {
     /// `[N, 256]` → `[N, n_classes]`.
     fn classify(&self, representation: &Tensor) -> Tensor {
         self.classifier.forward(representation).log_softmax(-1, Kind::Float)
+    }
+
+    fn inference_copy(&self, kind: Kind) -> Option<Box<dyn StagedBase>> {
+        let mut store = nn::VarStore::new(self.conv1.ws.device());
+        let copy = BaseCnn::new(&store.root(), self.classifier.ws.size()[0]);
+        tch::no_grad(|| {
+            for (target, source) in copy.tensors().into_iter().zip(self.tensors()) {
+                target.shallow_clone().copy_(source);
+            }
+        });
+        // Converts the variables in place, so the copy's layers see the new kind.
+        store.set_kind(kind);
+        Some(Box::new(copy))
     }
 }

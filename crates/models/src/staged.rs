@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// A base network as an ordered list of named stages ending with the representation a head is
 /// trained on, plus the base's own classifier over that representation.
@@ -20,4 +20,12 @@ pub trait StagedBase {
 
     /// The base's own classifier: log-probabilities from a representation.
     fn classify(&self, representation: &Tensor) -> Tensor;
+
+    /// A detached copy with every weight converted to `kind` (e.g. bf16), for running the frozen
+    /// part at lower precision; its stages take and return tensors of that kind. `None` when
+    /// the base cannot make one (the default).
+    fn inference_copy(&self, kind: Kind) -> Option<Box<dyn StagedBase>> {
+        let _ = kind;
+        None
+    }
 }

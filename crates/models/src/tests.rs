@@ -134,3 +134,31 @@ fn the_patch_product_conv1_equals_the_direct_convolution() {
     let training = base.forward_stages(&images, 0..1, true);
     assert!(training.allclose(&staged, 1e-5, 1e-6, false), "train and eval paths differ");
 }
+
+#[test]
+fn a_bf16_inference_copy_is_close_to_the_f32_base_and_leaves_it_alone() {
+    tch::manual_seed(4);
+    let store = nn::VarStore::new(Device::Cpu);
+    let base = BaseCnn::new(&store.root(), 10);
+    let sorted = |store: &nn::VarStore| -> Vec<(String, Tensor)> {
+        let mut variables: Vec<(String, Tensor)> =
+            store.variables().into_iter().map(|(name, tensor)| (name, tensor.copy())).collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        variables
+    };
+    let before = sorted(&store);
+    let copy = base.inference_copy(Kind::BFloat16).unwrap();
+    let images = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let exact = base.forward_stages(&images, 0..3, false);
+    let low = copy.forward_stages(&images.to_kind(Kind::BFloat16), 0..3, false);
+    assert_eq!(low.kind(), Kind::BFloat16);
+    let low = low.to_kind(Kind::Float);
+    let relative = (&low - &exact).norm().double_value(&[]) / exact.norm().double_value(&[]);
+    assert!(relative < 0.02, "relative error {relative}");
+    let after = sorted(&store);
+    assert!(
+        before.iter().zip(&after).all(|(a, b)| a.0 == b.0 && a.1.equal(&b.1)),
+        "the f32 base changed"
+    );
+    assert!(after.iter().all(|(_, t)| t.kind() == Kind::Float));
+}

@@ -101,6 +101,15 @@ pub enum OptimizerName {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    /// float32, exactly as trained.
+    F32,
+    /// bfloat16 for the frozen part's forward (faster on CPUs with bf16 instructions; the
+    /// report shows the accuracy).
+    Bf16,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheChoice {
     /// Run the frozen part once; keep its outputs in memory.
     Memory,
@@ -172,6 +181,9 @@ pub struct HeadArgs {
     /// How the frozen part's outputs are obtained.
     #[arg(long, value_enum, default_value_t = CacheChoice::Memory)]
     pub feature_cache: CacheChoice,
+    /// Precision of the frozen part's forward; the frozen tensors themselves stay float32.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    pub precision: PrecisionChoice,
     /// Print the freeze report (each tensor frozen or trained, in the optimizer or not, state
     /// bytes) and exit without training.
     #[arg(long)]

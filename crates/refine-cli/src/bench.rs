@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tch::{Kind, Tensor};
-use trainer::{FeatureCache, FitConfig, OptimizerConfig, RefineConfig};
+use trainer::{FeatureCache, FitConfig, OptimizerConfig, Precision, RefineConfig};
 
 use crate::args::BenchArgs;
 use crate::commands::{load_data, new_base, new_head, setup};
@@ -103,32 +103,34 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
         seed: common.seed,
         device,
     };
-    let refine_once = |cache: FeatureCache| -> anyhow::Result<trainer::RefineReport> {
-        let (mut base_store, base) = new_base(common.seed, n_classes, device);
-        let (head_store, head) = new_head(common.seed, n_classes, device);
-        let config = RefineConfig {
-            fit: fit(1),
-            train_from: None,
-            base_lr: None,
-            feature_cache: cache,
-            state_dir: None,
+    let refine_once =
+        |cache: FeatureCache, precision: Precision| -> anyhow::Result<trainer::RefineReport> {
+            let (mut base_store, base) = new_base(common.seed, n_classes, device);
+            let (head_store, head) = new_head(common.seed, n_classes, device);
+            let config = RefineConfig {
+                fit: fit(1),
+                train_from: None,
+                base_lr: None,
+                feature_cache: cache,
+                precision,
+                state_dir: None,
+            };
+            Ok(trainer::refine(
+                &base,
+                &mut base_store,
+                &head,
+                &head_store,
+                &splits.train,
+                &splits.test,
+                &config,
+                &mut |_| {},
+            )?)
         };
-        Ok(trainer::refine(
-            &base,
-            &mut base_store,
-            &head,
-            &head_store,
-            &splits.train,
-            &splits.test,
-            &config,
-            &mut |_| {},
-        )?)
-    };
 
     ui.message("bench: feature extraction + refine epoch over cached features");
     let mut extract = Vec::new();
     let cached = time(repeat, || {
-        let report = refine_once(FeatureCache::Memory)?;
+        let report = refine_once(FeatureCache::Memory, Precision::F32)?;
         extract.push(report.extract_s);
         Ok(report.epochs[0].seconds)
     })?;
@@ -139,8 +141,14 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
     phases.insert("extract".into(), extract.json());
     phases.insert("refine_epoch_cached".into(), cached.json());
 
+    ui.message("bench: feature extraction in bf16");
+    let extract_bf16 =
+        time(repeat, || Ok(refine_once(FeatureCache::Memory, Precision::Bf16)?.extract_s))?;
+    phases.insert("extract_bf16".into(), extract_bf16.json());
+
     ui.message("bench: refine epoch, naive (frozen forward per batch)");
-    let naive = time(repeat, || Ok(refine_once(FeatureCache::Off)?.epochs[0].seconds))?;
+    let naive =
+        time(repeat, || Ok(refine_once(FeatureCache::Off, Precision::F32)?.epochs[0].seconds))?;
     phases.insert("refine_epoch_naive".into(), naive.json());
 
     ui.message("bench: evaluation on the test set (base + head from images)");
@@ -238,6 +246,7 @@ fn markdown(document: &Value) -> String {
     let phases = [
         ("load", "load MNIST (raw IDX, train + test)"),
         ("extract", "feature extraction (70,000 images)"),
+        ("extract_bf16", "feature extraction, bf16 (`--precision bf16`)"),
         ("refine_epoch_cached", "refine epoch over cached features"),
         ("refine_epoch_naive", "refine epoch, naive (frozen forward per batch)"),
         ("eval", "evaluation (10,000 test images, base + head)"),

@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use tch::Device;
 use tch::nn::VarStore;
 use trainer::{
-    Event, FeatureCache, FitConfig, FreezePlan, HeadBinding, OptimizerConfig, RefineConfig,
-    RefineReport, split_index,
+    Event, FeatureCache, FitConfig, FreezePlan, HeadBinding, OptimizerConfig, Precision,
+    RefineConfig, RefineReport, split_index,
 };
 
 use crate::args::{
-    CacheChoice, CommonArgs, DeviceChoice, EvalArgs, HeadArgs, OptimizerName, PretrainArgs,
-    RefineArgs, RunArgs, TrainArgs,
+    CacheChoice, CommonArgs, DeviceChoice, EvalArgs, HeadArgs, OptimizerName, PrecisionChoice,
+    PretrainArgs, RefineArgs, RunArgs, TrainArgs,
 };
 use crate::output::{MetricsLog, prepare_out, write_json};
 use crate::progress::Ui;
@@ -166,6 +166,10 @@ fn refine_config(head: &HeadArgs, fit: FitConfig, out: &Path) -> RefineConfig {
             CacheChoice::Memory => FeatureCache::Memory,
             CacheChoice::Disk => FeatureCache::Disk(out.join("cache")),
             CacheChoice::Off => FeatureCache::Off,
+        },
+        precision: match head.precision {
+            PrecisionChoice::F32 => Precision::F32,
+            PrecisionChoice::Bf16 => Precision::Bf16,
         },
         state_dir: Some(out.to_path_buf()),
     }

@@ -57,6 +57,12 @@ pub enum Error {
         /// Columns found.
         cols: usize,
     },
+    /// The base cannot make a lower-precision copy of itself.
+    #[error("this base cannot run its frozen part at {precision} precision")]
+    PrecisionUnsupported {
+        /// The precision asked for.
+        precision: String,
+    },
     /// The named split point is no stage of the base.
     #[error("unknown layer {name:?} for the split point; the base's trainable layers are: {}", known.join(", "))]
     UnknownStage {

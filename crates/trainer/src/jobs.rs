@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mnist_io::Dataset;
-use tch::Tensor;
 use tch::nn::VarStore;
+use tch::{Kind, Tensor};
 
 use models::{RefineHead, StagedBase};
 
 use crate::checkpoint::named_variables;
 use crate::error::{Error, Result};
-use crate::features::{self, FeatureCache};
+use crate::features::{self, FeatureCache, Precision};
 use crate::fingerprint::Fingerprints;
 use crate::fit::{EpochMetrics, Evaluation, Event, FitConfig, Inputs, evaluate, train_epochs};
 use crate::freeze::{FreezePlan, is_trainable, split_index};
@@ -97,6 +97,8 @@ pub struct RefineConfig {
     pub base_lr: Option<f64>,
     /// How the frozen part's outputs are obtained.
     pub feature_cache: FeatureCache,
+    /// The precision of the frozen part's forward.
+    pub precision: Precision,
     /// Where per-epoch state goes, so a killed run resumes (`None`: no resume).
     pub state_dir: Option<PathBuf>,
 }
@@ -192,7 +194,17 @@ pub fn refine(
         .chain(base_trainable.iter().map(|(n, t)| (format!("base.{n}"), t.shallow_clone())))
         .collect();
 
-    // The frozen part's outputs: cached once, or recomputed per batch (naive).
+    // The frozen part's outputs: cached once, or recomputed per batch (naive); at lower
+    // precision through a converted copy, so the frozen tensors themselves stay untouched.
+    let low_precision = match config.precision {
+        Precision::F32 => None,
+        precision => Some(
+            base.inference_copy(precision.kind())
+                .ok_or(Error::PrecisionUnsupported { precision: format!("{precision:?}") })?,
+        ),
+    };
+    let frozen_part: &dyn StagedBase = low_precision.as_deref().unwrap_or(base);
+    let kind = config.precision.kind();
     let extract_started = Instant::now();
     let (train_images, test_images) =
         (images_to_tensor(train, device), images_to_tensor(test, device));
@@ -200,19 +212,30 @@ pub fn refine(
     let (train_inputs, test_inputs, naive) = match &config.feature_cache {
         FeatureCache::Off => (train_images, test_images, true),
         FeatureCache::Memory => {
-            let train_features = features::extract(base, split, &train_images, device, events);
-            let test_features = features::extract(base, split, &test_images, device, events);
+            let train_features =
+                features::extract(frozen_part, split, &train_images, kind, device, events);
+            let test_features =
+                features::extract(frozen_part, split, &test_images, kind, device, events);
             (train_features, test_features, false)
         }
         FeatureCache::Disk(dir) => {
-            let path = features::cache_path(dir, &frozen_before.combined, train, test, split);
+            let path = features::cache_path(
+                dir,
+                &frozen_before.combined,
+                train,
+                test,
+                split,
+                config.precision,
+            );
             if let Some((train_features, test_features)) = features::load_cached(&path, device) {
                 features_from_disk = true;
                 tracing::info!(path = %path.display(), "features loaded from the disk cache");
                 (train_features, test_features, false)
             } else {
-                let train_features = features::extract(base, split, &train_images, device, events);
-                let test_features = features::extract(base, split, &test_images, device, events);
+                let train_features =
+                    features::extract(frozen_part, split, &train_images, kind, device, events);
+                let test_features =
+                    features::extract(frozen_part, split, &test_images, kind, device, events);
                 std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
                 features::store(&path, &train_features, &test_features)?;
                 (train_features, test_features, false)
@@ -226,7 +249,9 @@ pub fn refine(
 
     let forward = |xs: &Tensor, train_mode: bool| {
         let features = if naive {
-            tch::no_grad(|| base.forward_stages(xs, 0..split, false))
+            tch::no_grad(|| {
+                frozen_part.forward_stages(&xs.to_kind(kind), 0..split, false).to_kind(Kind::Float)
+            })
         } else {
             xs.shallow_clone()
         };
@@ -244,6 +269,7 @@ pub fn refine(
         &split.to_string(),
         &naive.to_string(),
         &format!("{:?}", config.base_lr),
+        &format!("{:?}", config.precision),
     ];
     let state = config
         .state_dir

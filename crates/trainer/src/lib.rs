@@ -29,7 +29,7 @@ mod tensors;
 
 pub use checkpoint::{Checkpoint, load as load_checkpoint};
 pub use error::{Error, Result};
-pub use features::{FeatureCache, extract};
+pub use features::{FeatureCache, Precision, extract};
 pub use fingerprint::{Fingerprints, dataset_hex, tensor_hex};
 pub use fit::{EpochMetrics, Evaluation, Event, FitConfig};
 pub use freeze::{FreezePlan, TensorRole, split_index};

@@ -47,6 +47,7 @@ fn refine_config(epochs: usize, cache: FeatureCache) -> RefineConfig {
         train_from: None,
         base_lr: None,
         feature_cache: cache,
+        precision: Precision::F32,
         state_dir: None,
     }
 }
@@ -140,6 +141,23 @@ fn cached_and_naive_modes_agree() {
         assert!((a.test_loss - b.test_loss).abs() < 1e-5, "{a:?} vs {b:?}");
         assert!((a.test_accuracy - b.test_accuracy).abs() < 1e-5, "{a:?} vs {b:?}");
     }
+}
+
+#[test]
+fn bf16_features_leave_the_base_untouched_and_train_as_well() {
+    let (train, test) = (synthetic(256, 27), synthetic(128, 28));
+    let run = |precision| {
+        let (mut base_store, base, head_store, head) = models(29);
+        let before = snapshot(&base_store);
+        let config = RefineConfig { precision, ..refine_config(3, FeatureCache::Memory) };
+        let report =
+            refine(&base, &mut base_store, &head, &head_store, &train, &test, &config, &mut |_| {})
+                .unwrap();
+        assert_eq!(snapshot(&base_store), before, "{precision:?} moved a frozen tensor");
+        report.evaluation.accuracy
+    };
+    let (exact, low) = (run(Precision::F32), run(Precision::Bf16));
+    assert!((exact - low).abs() <= 0.02, "f32 {exact} vs bf16 {low}");
 }
 
 #[test]
