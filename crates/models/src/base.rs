@@ -6,7 +6,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::staged::StagedBase;
-use crate::{LECUN_NORMAL, lecun_linear};
+use crate::{LECUN_NORMAL, linear};
 
 /// Height and width of the input images.
 pub const IMAGE_SIDE: i64 = 28;
@@ -32,10 +32,16 @@ impl BaseCnn {
     /// Creates the layers under `path` (`conv1`, `conv2`, `representation`, `classifier`), with
     /// `n_classes` outputs.
     pub fn new(path: &nn::Path, n_classes: i64) -> Self {
+        Self::with_init(path, n_classes, LECUN_NORMAL)
+    }
+
+    /// The layers with weights drawn by `ws_init` (zero biases). `Init::Const` draws nothing
+    /// from libtorch's global generator, which `inference_copy` relies on.
+    fn with_init(path: &nn::Path, n_classes: i64, ws_init: nn::Init) -> Self {
         let conv = |name: &str, in_channels, out_channels| {
             let config = nn::ConvConfig {
                 padding: 1,
-                ws_init: LECUN_NORMAL,
+                ws_init,
                 bs_init: nn::Init::Const(0.0),
                 ..Default::default()
             };
@@ -44,8 +50,8 @@ impl BaseCnn {
         BaseCnn {
             conv1: conv("conv1", 1, 32),
             conv2: conv("conv2", 32, 64),
-            representation: lecun_linear(path / "representation", FLAT_DIM, REPRESENTATION_DIM),
-            classifier: lecun_linear(path / "classifier", REPRESENTATION_DIM, n_classes),
+            representation: linear(path / "representation", FLAT_DIM, REPRESENTATION_DIM, ws_init),
+            classifier: linear(path / "classifier", REPRESENTATION_DIM, n_classes, ws_init),
         }
     }
 
@@ -127,7 +133,10 @@ impl StagedBase for BaseCnn {
 
     fn inference_copy(&self, kind: Kind) -> Option<Box<dyn StagedBase>> {
         let mut store = nn::VarStore::new(self.conv1.ws.device());
-        let copy = BaseCnn::new(&store.root(), self.classifier.ws.size()[0]);
+        // Zero-initialised, then overwritten: making a copy must not consume the global
+        // generator, or it would change the weights of whatever is seeded and drawn next.
+        let copy =
+            BaseCnn::with_init(&store.root(), self.classifier.ws.size()[0], nn::Init::Const(0.0));
         tch::no_grad(|| {
             for (target, source) in copy.tensors().into_iter().zip(self.tensors()) {
                 target.shallow_clone().copy_(source);

@@ -3,7 +3,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::lecun_linear;
+use crate::{LECUN_NORMAL, linear};
 
 /// The head's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +33,8 @@ impl RefineHead {
     /// Creates the layers under `path` (`hidden`, `final`).
     pub fn new(path: &nn::Path, config: HeadConfig) -> Self {
         RefineHead {
-            hidden: lecun_linear(path / "hidden", config.input_dim, config.hidden_dim),
-            output: lecun_linear(path / "final", config.hidden_dim, config.n_classes),
+            hidden: linear(path / "hidden", config.input_dim, config.hidden_dim, LECUN_NORMAL),
+            output: linear(path / "final", config.hidden_dim, config.n_classes, LECUN_NORMAL),
         }
     }
 

@@ -26,13 +26,15 @@ pub(crate) const LECUN_NORMAL: tch::nn::Init = tch::nn::Init::Kaiming {
     non_linearity: tch::nn::init::NonLinearity::Linear,
 };
 
-/// A linear layer initialised LeCun-normal with zero bias.
-pub(crate) fn lecun_linear(path: tch::nn::Path, in_dim: i64, out_dim: i64) -> tch::nn::Linear {
-    let config = tch::nn::LinearConfig {
-        ws_init: LECUN_NORMAL,
-        bs_init: Some(tch::nn::Init::Const(0.0)),
-        bias: true,
-    };
+/// A linear layer with weights drawn by `ws_init` and a zero bias.
+pub(crate) fn linear(
+    path: tch::nn::Path,
+    in_dim: i64,
+    out_dim: i64,
+    ws_init: tch::nn::Init,
+) -> tch::nn::Linear {
+    let config =
+        tch::nn::LinearConfig { ws_init, bs_init: Some(tch::nn::Init::Const(0.0)), bias: true };
     tch::nn::linear(path, in_dim, out_dim, config)
 }
 

@@ -4,8 +4,17 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::*;
 
+/// libtorch's generator is global and tests run in parallel: every test that seeds or draws
+/// holds this lock, so one test's draws never land between another's seed and draws.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn base_returns_log_probs_and_representation() {
+    let _rng = rng_lock();
     tch::manual_seed(0);
     let store = nn::VarStore::new(Device::Cpu);
     let base = BaseCnn::new(&store.root(), 10);
@@ -20,6 +29,7 @@ fn base_returns_log_probs_and_representation() {
 
 #[test]
 fn staged_forward_equals_the_whole_forward() {
+    let _rng = rng_lock();
     tch::manual_seed(1);
     let store = nn::VarStore::new(Device::Cpu);
     let base = BaseCnn::new(&store.root(), 10);
@@ -36,6 +46,7 @@ fn staged_forward_equals_the_whole_forward() {
 
 #[test]
 fn variable_names_and_layouts_match_pytorch() {
+    let _rng = rng_lock();
     let store = nn::VarStore::new(Device::Cpu);
     let _base = BaseCnn::new(&store.root(), 10);
     let head_store = nn::VarStore::new(Device::Cpu);
@@ -74,6 +85,7 @@ fn variable_names_and_layouts_match_pytorch() {
 
 #[test]
 fn initialisation_is_lecun_normal_with_zero_biases() {
+    let _rng = rng_lock();
     tch::manual_seed(2);
     let store = nn::VarStore::new(Device::Cpu);
     let _base = BaseCnn::new(&store.root(), 10);
@@ -90,6 +102,7 @@ fn initialisation_is_lecun_normal_with_zero_biases() {
 
 #[test]
 fn head_maps_representations_to_log_probs() {
+    let _rng = rng_lock();
     let store = nn::VarStore::new(Device::Cpu);
     let config = HeadConfig { input_dim: 8, hidden_dim: 4, n_classes: 3 };
     let head = RefineHead::new(&store.root(), config);
@@ -100,6 +113,7 @@ fn head_maps_representations_to_log_probs() {
 
 #[test]
 fn the_patch_product_conv1_equals_the_direct_convolution() {
+    let _rng = rng_lock();
     tch::manual_seed(3);
     let store = nn::VarStore::new(Device::Cpu);
     let base = BaseCnn::new(&store.root(), 10);
@@ -137,6 +151,7 @@ fn the_patch_product_conv1_equals_the_direct_convolution() {
 
 #[test]
 fn a_bf16_inference_copy_is_close_to_the_f32_base_and_leaves_it_alone() {
+    let _rng = rng_lock();
     tch::manual_seed(4);
     let store = nn::VarStore::new(Device::Cpu);
     let base = BaseCnn::new(&store.root(), 10);
@@ -161,4 +176,17 @@ fn a_bf16_inference_copy_is_close_to_the_f32_base_and_leaves_it_alone() {
         "the f32 base changed"
     );
     assert!(after.iter().all(|(_, t)| t.kind() == Kind::Float));
+}
+
+#[test]
+fn an_inference_copy_draws_nothing_from_the_global_generator() {
+    let _rng = rng_lock();
+    let store = nn::VarStore::new(Device::Cpu);
+    let base = BaseCnn::new(&store.root(), 10);
+    tch::manual_seed(5);
+    let expected = Tensor::randn([4], (Kind::Float, Device::Cpu));
+    tch::manual_seed(5);
+    let _copy = base.inference_copy(Kind::BFloat16).unwrap();
+    let drawn = Tensor::randn([4], (Kind::Float, Device::Cpu));
+    assert!(drawn.equal(&expected));
 }
