@@ -326,16 +326,10 @@ pub fn evaluate_head(
     dataset: &Dataset,
     device: tch::Device,
 ) -> Result<Evaluation> {
-    check_images(dataset, models::IMAGE_SIDE)?;
     let stages = base.stage_names().len();
-    let forward = |xs: &Tensor, _: bool| head.forward(&base.forward_stages(xs, 0..stages, false));
-    Ok(evaluate(
-        &images_to_tensor(dataset, device),
-        &labels_to_tensor(dataset, device),
-        &forward,
-        dataset.n_classes(),
-        device,
-    ))
+    evaluate_images(dataset, device, &|xs, _| {
+        head.forward(&base.forward_stages(xs, 0..stages, false))
+    })
 }
 
 /// Evaluates the base with its own classifier on `dataset`, without gradients.
@@ -344,13 +338,23 @@ pub fn evaluate_base(
     dataset: &Dataset,
     device: tch::Device,
 ) -> Result<Evaluation> {
-    check_images(dataset, models::IMAGE_SIDE)?;
     let stages = base.stage_names().len();
-    let forward = |xs: &Tensor, _: bool| base.classify(&base.forward_stages(xs, 0..stages, false));
+    evaluate_images(dataset, device, &|xs, _| {
+        base.classify(&base.forward_stages(xs, 0..stages, false))
+    })
+}
+
+/// Checks `dataset`'s images and evaluates `forward` on them.
+fn evaluate_images(
+    dataset: &Dataset,
+    device: tch::Device,
+    forward: &crate::fit::Forward<'_>,
+) -> Result<Evaluation> {
+    check_images(dataset, models::IMAGE_SIDE)?;
     Ok(evaluate(
         &images_to_tensor(dataset, device),
         &labels_to_tensor(dataset, device),
-        &forward,
+        forward,
         dataset.n_classes(),
         device,
     ))
