@@ -110,7 +110,7 @@ def main():
     train_f, test_f = features[: train_x.shape[0]], features[train_x.shape[0] :]
     phases["refine_epoch_cached"] = timed(lambda: epoch(Head(), train_f, train_y, 0.1, args.batch_size), args.repeat)
     phases["refine_epoch_naive"] = timed(lambda: epoch(Head(), train_x, train_y, 0.1, args.batch_size, frozen=base), args.repeat)
-    phases["pretrain_epoch"] = timed(lambda: epoch(Base(), train_x, train_y, 0.01, args.batch_size), args.repeat)
+    phases["pretrain_epoch"] = timed(lambda: epoch(Base(), train_x, train_y, 0.1, args.batch_size), args.repeat)
     head = Head()
 
     def evaluate():

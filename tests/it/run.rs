@@ -11,7 +11,7 @@ use crate::json_stdout;
 fn run_trains_reports_and_proves_the_base_frozen() {
     let dir = tempfile::tempdir().unwrap();
     write_dataset(&dir.path().join("data/mnist"), &synthetic(600, 1), &synthetic(200, 2));
-    let args = ["run", "--pretrain-epochs", "1", "--epochs", "3", "--json", "--threads", "2"];
+    let args = ["run", "--pretrain-epochs", "2", "--epochs", "3", "--json", "--threads", "2"];
     let output = run_cli(dir.path(), &args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report = json_stdout(&output);
@@ -61,10 +61,10 @@ fn run_trains_reports_and_proves_the_base_frozen() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(phases, ["pretrain", "refine", "refine", "refine"]);
+    assert_eq!(phases, ["pretrain", "pretrain", "refine", "refine", "refine"]);
 
     // Same settings, same folder: the base is reused, and says so.
-    let again = run_cli(dir.path(), &["run", "--pretrain-epochs", "1", "--epochs", "1", "--json"]);
+    let again = run_cli(dir.path(), &["run", "--pretrain-epochs", "2", "--epochs", "1", "--json"]);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stderr).contains("reusing the pretrained base"));
     let report = json_stdout(&again);

@@ -71,14 +71,14 @@ pub struct Args {
 /// Runs the task: checks a user-provided libtorch, or provisions `.libtorch/`.
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     let target = root.join(LIBTORCH_DIR);
-    if let Some(user_dir) = std::env::var_os("LIBTORCH").map(PathBuf::from) {
-        if !same_path(&user_dir, &target) {
-            check_libtorch(&user_dir).with_context(|| {
-                format!("LIBTORCH={} is not a usable libtorch {TORCH_VERSION}", user_dir.display())
-            })?;
-            eprintln!("libtorch: using LIBTORCH={} (checked)", user_dir.display());
-            return Ok(());
-        }
+    if let Some(user_dir) = std::env::var_os("LIBTORCH").map(PathBuf::from)
+        && !same_path(&user_dir, &target)
+    {
+        check_libtorch(&user_dir).with_context(|| {
+            format!("LIBTORCH={} is not a usable libtorch {TORCH_VERSION}", user_dir.display())
+        })?;
+        eprintln!("libtorch: using LIBTORCH={} (checked)", user_dir.display());
+        return Ok(());
     }
     if args.cuda {
         return provision_cuda(root, &target);

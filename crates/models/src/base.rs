@@ -5,6 +5,7 @@ use std::ops::Range;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::fused_conv1;
 use crate::staged::StagedBase;
 use crate::{LECUN_NORMAL, linear};
 
@@ -12,8 +13,10 @@ use crate::{LECUN_NORMAL, linear};
 pub const IMAGE_SIDE: i64 = 28;
 /// Width of the base's representation.
 pub const REPRESENTATION_DIM: i64 = 256;
+/// Channels after `conv2`.
+const CONV2_CHANNELS: i64 = 64;
 /// Channels after `conv2`, times the 7x7 spatial size left by two 2x2 poolings.
-const FLAT_DIM: i64 = 64 * 7 * 7;
+const FLAT_DIM: i64 = CONV2_CHANNELS * 7 * 7;
 /// Stage names, in forward order; the classifier is not a stage (the head replaces it).
 const STAGES: [&str; 3] = ["conv1", "conv2", "representation"];
 
@@ -29,6 +32,10 @@ pub struct BaseCnn {
 }
 
 impl BaseCnn {
+    /// [`StagedBase::architecture`] of this network. Revision 2: 2x2 pooling averages its window
+    /// (revision 1 summed it).
+    pub const ARCHITECTURE: &'static str = "base-cnn/2";
+
     /// Creates the layers under `path` (`conv1`, `conv2`, `representation`, `classifier`), with
     /// `n_classes` outputs.
     pub fn new(path: &nn::Path, n_classes: i64) -> Self {
@@ -48,8 +55,8 @@ impl BaseCnn {
             nn::conv2d(path / name, in_channels, out_channels, 3, config)
         };
         BaseCnn {
-            conv1: conv("conv1", 1, 32),
-            conv2: conv("conv2", 32, 64),
+            conv1: conv("conv1", 1, fused_conv1::CHANNELS as i64),
+            conv2: conv("conv2", fused_conv1::CHANNELS as i64, CONV2_CHANNELS),
             representation: linear(path / "representation", FLAT_DIM, REPRESENTATION_DIM, ws_init),
             classifier: linear(path / "classifier", REPRESENTATION_DIM, n_classes, ws_init),
         }
@@ -79,30 +86,55 @@ impl BaseCnn {
             .collect()
     }
 
-    /// `conv1` → relu → avg_pool for inference, with the convolution computed as one matrix
-    /// product over 3x3 patches in channels-last order: with a single input channel, libtorch's
-    /// direct convolution forward is memory-bound and several times slower (70,000 images: about
-    /// 1.2 s against 5 s here). Same values as
-    /// `conv1.forward(xs).relu().avg_pool2d_default(2)` up to float rounding (tested); the
-    /// output is `[N, 32, 14, 14]` with channels-last strides, which `conv2` reads directly.
-    fn conv1_stage(&self, xs: &Tensor) -> Tensor {
-        let size = xs.size();
-        let (n, height, width) = (size[0], size[2], size[3]);
-        let out_channels = self.conv1.ws.size()[0];
-        let weight = self.conv1.ws.reshape([out_channels, -1]).tr();
-        let patches = xs.im2col([3, 3], [1, 1], [1, 1], [1, 1]).transpose(1, 2);
-        let mut ys = patches.matmul(&weight);
-        if let Some(bias) = &self.conv1.bs {
-            ys += bias;
+    /// `conv1` → relu → avg_pool, as `[N, 32, 14, 14]` with channels-last strides (the layout
+    /// `conv2` and the poolings are fastest in on the CPU: 2x2 pooling is several times faster
+    /// over contiguous channels).
+    ///
+    /// Inference on the CPU takes the fused pass of `fused_conv1` (one input channel makes the
+    /// separate kernels memory-bound: ~10x slower). Training, and other devices, take libtorch's
+    /// convolution; there the `[N, 1, H, W]` input is given channels-last strides, which with a
+    /// single channel describe the same memory but make libtorch pick its channels-last kernels.
+    fn conv1_stage(&self, xs: &Tensor, train: bool) -> Tensor {
+        if !train {
+            let bias = self.conv1.bs.as_ref();
+            if let Some(ys) =
+                bias.and_then(|bias| fused_conv1::conv3x3_relu_avgpool2(xs, &self.conv1.ws, bias))
+            {
+                return ys;
+            }
         }
-        ys.relu()
-            .reshape([n, height, width, out_channels])
-            .permute([0, 3, 1, 2])
-            .avg_pool2d_default(2)
+        let size = xs.size();
+        let (height, width) = (size[2], size[3]);
+        let channels_last =
+            xs.contiguous().as_strided(size.as_slice(), [height * width, 1, width, 1], None::<i64>);
+        average_pool2(&self.conv1.forward(&channels_last).relu_())
+    }
+
+    /// The representation layer computed as a convolution whose kernel covers the whole
+    /// `[64, 7, 7]` map: the same products and sums as the linear layer over the flattened map
+    /// (its weight `[256, 3136]` viewed as `[256, 64, 7, 7]`, C-H-W order), but run by oneDNN,
+    /// which is faster here than libtorch's matrix product, forward and backward.
+    fn representation_stage(&self, flat: &Tensor) -> Tensor {
+        let n = flat.size()[0];
+        let weight = self.representation.ws.view([REPRESENTATION_DIM, CONV2_CHANNELS, 7, 7]);
+        flat.reshape([n, CONV2_CHANNELS, 7, 7])
+            .conv2d(&weight, self.representation.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+            .flatten(1, -1)
+            .relu_()
     }
 }
 
+/// 2x2 average pooling, stride 2. (Not tch's `avg_pool2d_default`, which passes a divisor
+/// override of 1 and so sums the window.)
+pub(crate) fn average_pool2(xs: &Tensor) -> Tensor {
+    xs.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+}
+
 impl StagedBase for BaseCnn {
+    fn architecture(&self) -> &'static str {
+        Self::ARCHITECTURE
+    }
+
     fn stage_names(&self) -> &[&'static str] {
         &STAGES
     }
@@ -114,12 +146,9 @@ impl StagedBase for BaseCnn {
         let mut xs = xs.shallow_clone();
         for stage in stages {
             xs = match stage {
-                // Training differentiates through conv1, and libtorch's direct convolution has
-                // the faster backward; inference takes the faster forward (see conv1_stage).
-                0 if train => self.conv1.forward(&xs).relu().avg_pool2d_default(2),
-                0 => self.conv1_stage(&xs),
-                1 => self.conv2.forward(&xs).relu().avg_pool2d_default(2).flatten(1, -1),
-                _ => self.representation.forward(&xs).relu(),
+                0 => self.conv1_stage(&xs, train),
+                1 => average_pool2(&self.conv2.forward(&xs).relu_()).flatten(1, -1),
+                _ => self.representation_stage(&xs),
             };
         }
         xs

@@ -12,6 +12,7 @@
 //! S on" (trainable).
 
 mod base;
+mod fused_conv1;
 mod head;
 mod staged;
 

@@ -10,6 +10,10 @@ use tch::{Kind, Tensor};
 /// Each stage's variables live under the `nn::Path` of the same name (`conv1.weight`, ...), so
 /// the trainer can tell frozen tensors from trainable ones by name alone.
 pub trait StagedBase {
+    /// Names what the stages compute, with a revision that changes whenever the same weights
+    /// would give other outputs. Feature caches and resumable runs are keyed by it.
+    fn architecture(&self) -> &'static str;
+
     /// Stage names in forward order; the last one outputs the representation.
     fn stage_names(&self) -> &[&'static str];
 

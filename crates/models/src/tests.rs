@@ -111,42 +111,125 @@ fn head_maps_representations_to_log_probs() {
     assert!(out.max().double_value(&[]) <= 0.0);
 }
 
-#[test]
-fn the_patch_product_conv1_equals_the_direct_convolution() {
-    let _rng = rng_lock();
-    tch::manual_seed(3);
+/// libtorch's own `conv1` → relu → avg_pool over `images`, with the base's conv1 weights.
+fn reference_conv1_stage(base_store: &nn::VarStore, images: &Tensor) -> Tensor {
+    let variables = base_store.variables();
+    images
+        .conv2d(
+            &variables["conv1.weight"],
+            Some(&variables["conv1.bias"]),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )
+        .relu()
+        .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+}
+
+/// A base whose biases are non-zero (fresh ones are zero, which would hide a bias bug).
+fn base_with_biases(seed: i64) -> (nn::VarStore, BaseCnn) {
+    tch::manual_seed(seed);
     let store = nn::VarStore::new(Device::Cpu);
     let base = BaseCnn::new(&store.root(), 10);
-    let conv1 = nn::conv2d(
-        store.root() / "direct",
-        1,
-        32,
-        3,
-        nn::ConvConfig { padding: 1, ..Default::default() },
-    );
-    let variables = store.variables();
     tch::no_grad(|| {
-        let mut ws = conv1.ws.shallow_clone();
-        ws.copy_(&variables["conv1.weight"]);
-        conv1
-            .bs
-            .as_ref()
-            .unwrap()
-            .shallow_clone()
-            .copy_(&(variables["conv1.bias"].rand_like() - 0.5));
-        variables["conv1.bias"].shallow_clone().copy_(conv1.bs.as_ref().unwrap());
+        for (name, tensor) in store.variables() {
+            if name.ends_with(".bias") {
+                tensor.shallow_clone().copy_(&(tensor.rand_like() - 0.5));
+            }
+        }
     });
-    let images = Tensor::rand([7, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let direct = nn::Module::forward(&conv1, &images).relu().avg_pool2d_default(2);
-    let staged = base.forward_stages(&images, 0..1, false);
-    assert_eq!(staged.size(), [7, 32, 14, 14]);
-    assert!(
-        staged.allclose(&direct, 1e-5, 1e-6, false),
-        "max diff {}",
-        (&staged - &direct).abs().max()
-    );
-    let training = base.forward_stages(&images, 0..1, true);
-    assert!(training.allclose(&staged, 1e-5, 1e-6, false), "train and eval paths differ");
+    (store, base)
+}
+
+#[test]
+fn the_fused_conv1_equals_libtorchs_convolution_relu_and_pooling() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(3);
+    // 1 and 7 leave a thread without images or with an uneven share; 64 is the usual batch.
+    for n in [1, 7, 64] {
+        // MNIST-like inputs: mostly exact zeros, the rest in (0, 1].
+        let images = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let images = images.shallow_clone() * images.gt(0.6);
+        let expected = reference_conv1_stage(&store, &images);
+        let variables = store.variables();
+        let fused = crate::fused_conv1::conv3x3_relu_avgpool2(
+            &images,
+            &variables["conv1.weight"],
+            &variables["conv1.bias"],
+        )
+        .expect("the fused pass applies to [N, 1, 28, 28] on the CPU");
+        assert!(fused.equal(&base.forward_stages(&images, 0..1, false)), "inference uses it");
+        assert_eq!(fused.size(), [n, 32, 14, 14]);
+        assert!(
+            fused.allclose(&expected, 1e-5, 1e-6, false),
+            "batch {n}: max diff {}",
+            (&fused - &expected).abs().max()
+        );
+        assert_eq!(fused.stride(), [14 * 14 * 32, 1, 14 * 32, 32], "conv2 reads channels-last");
+        let training = base.forward_stages(&images, 0..1, true);
+        assert!(training.allclose(&expected, 1e-5, 1e-6, false), "batch {n}: training path");
+    }
+}
+
+#[test]
+fn the_representation_stage_equals_a_linear_layer_over_the_flattened_map() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(6);
+    let variables = store.variables();
+    let flat = Tensor::rand([9, 3136], (Kind::Float, Device::Cpu));
+    let expected = flat
+        .linear(&variables["representation.weight"], Some(&variables["representation.bias"]))
+        .relu();
+    for train in [false, true] {
+        let staged = base.forward_stages(&flat, 2..3, train);
+        assert_eq!(staged.size(), [9, 256]);
+        assert!(
+            staged.allclose(&expected, 1e-5, 1e-5, false),
+            "train {train}: max diff {}",
+            (&staged - &expected).abs().max()
+        );
+    }
+}
+
+#[test]
+fn training_gradients_match_the_plain_layers() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(7);
+    let images = Tensor::rand([5, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let variables = store.variables();
+    let plain = |images: &Tensor| {
+        let v = &variables;
+        let conv = |xs: &Tensor, name: &str| {
+            let (ws, bs) = (&v[&format!("{name}.weight")], &v[&format!("{name}.bias")]);
+            xs.conv2d(ws, Some(bs), [1, 1], [1, 1], [1, 1], 1).relu().avg_pool2d(
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                false,
+                true,
+                None::<i64>,
+            )
+        };
+        let flat = conv(&conv(images, "conv1"), "conv2").flatten(1, -1);
+        flat.linear(&v["representation.weight"], Some(&v["representation.bias"])).relu()
+    };
+    let gradients = |representation: Tensor| {
+        let loss =
+            (representation * Tensor::arange(256, (Kind::Float, Device::Cpu))).sum(Kind::Float);
+        let mut names: Vec<&String> =
+            variables.keys().filter(|n| !n.starts_with("classifier")).collect();
+        names.sort();
+        let tensors: Vec<Tensor> = names.iter().map(|n| variables[*n].shallow_clone()).collect();
+        Tensor::run_backward(&[loss], &tensors, false, false)
+    };
+    let expected = gradients(plain(&images));
+    let staged = gradients(base.forward_stages(&images, 0..3, true));
+    for (a, b) in staged.iter().zip(&expected) {
+        let scale = b.abs().max().double_value(&[]).max(1e-6);
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff <= 1e-4 * scale, "gradient differs: {diff} (scale {scale})");
+    }
 }
 
 #[test]

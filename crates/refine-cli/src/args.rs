@@ -199,8 +199,8 @@ pub struct RunArgs {
     /// Learning rate of the head (the seed's 0.1).
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
-    /// Learning rate of pretraining (the whole base diverges at 0.1).
-    #[arg(long, default_value_t = 0.01)]
+    /// Learning rate of pretraining.
+    #[arg(long, default_value_t = 0.1)]
     pub pretrain_lr: f64,
     #[command(flatten)]
     pub head: HeadArgs,
@@ -224,8 +224,8 @@ pub struct PretrainArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub train: TrainArgs,
-    /// Learning rate (the whole base diverges at 0.1).
-    #[arg(long, default_value_t = 0.01)]
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
     /// Pretraining epochs.
     #[arg(long, default_value_t = 2)]

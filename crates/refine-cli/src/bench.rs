@@ -164,14 +164,12 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
     ui.message("bench: pretraining epoch");
     let pretrain = time(repeat, || {
         let (mut store, base) = new_base(common.seed, n_classes, device);
-        let mut config = fit(1);
-        config.optimizer = OptimizerConfig::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 };
         Ok(trainer::pretrain(
             &base,
             &mut store,
             &splits.train,
             &splits.test,
-            &config,
+            &fit(1),
             None,
             &mut |_| {},
         )?

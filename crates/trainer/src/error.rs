@@ -89,6 +89,21 @@ pub enum Error {
         /// Kind found.
         found: String,
     },
+    /// A base saved for another architecture revision: the same weights would compute
+    /// something else here.
+    #[error(
+        "{}: this base was saved for architecture {found:?}, but this build computes {expected:?}; \
+         pretrain a new base (refine-cli pretrain)",
+        path.display()
+    )]
+    Architecture {
+        /// The file.
+        path: PathBuf,
+        /// This build's architecture.
+        expected: &'static str,
+        /// The file's (or a note that it records none).
+        found: String,
+    },
     /// A tensor the model has but the checkpoint lacks.
     #[error("{}: missing tensor {name:?}", path.display())]
     MissingTensor {

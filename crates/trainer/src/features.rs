@@ -78,9 +78,10 @@ pub fn extract(
     Tensor::cat(&outputs, 0)
 }
 
-/// The cache file for a frozen part, datasets and split point.
+/// The cache file for a frozen part (architecture and weights), datasets and split point.
 pub(crate) fn cache_path(
     dir: &Path,
+    architecture: &str,
     frozen_fingerprint: &str,
     train: &Dataset,
     test: &Dataset,
@@ -90,6 +91,7 @@ pub(crate) fn cache_path(
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     let parts = [
+        architecture.to_owned(),
         frozen_fingerprint.to_owned(),
         dataset_hex(train),
         dataset_hex(test),

@@ -67,7 +67,11 @@ pub fn pretrain(
         n_classes: test.n_classes(),
     };
     let state = state_dir.map(|dir| {
-        RunState::new(dir, "pretrain", run_key("pretrain", config, &[&train.len().to_string()]))
+        RunState::new(
+            dir,
+            "pretrain",
+            run_key("pretrain", config, &[base.architecture(), &train.len().to_string()]),
+        )
     });
     let started = Instant::now();
     let (epochs, resumed_epochs) = train_resumable(
@@ -221,6 +225,7 @@ pub fn refine(
         FeatureCache::Disk(dir) => {
             let path = features::cache_path(
                 dir,
+                base.architecture(),
                 &frozen_before.combined,
                 train,
                 test,
@@ -265,6 +270,7 @@ pub fn refine(
         n_classes: test.n_classes(),
     };
     let key_parts = [
+        base.architecture(),
         frozen_before.combined.as_str(),
         &split.to_string(),
         &naive.to_string(),

@@ -12,6 +12,9 @@ use crate::checkpoint::{self, KIND_KEY, load_into_store, named_variables};
 use crate::error::{Error, Result};
 use crate::fingerprint::Fingerprints;
 
+/// Metadata key of a saved base's [`BaseCnn::ARCHITECTURE`].
+const ARCHITECTURE_KEY: &str = "architecture";
+
 /// The combined fingerprint of every variable in `store`.
 pub fn store_fingerprint(store: &VarStore) -> String {
     let variables = named_variables(store);
@@ -23,6 +26,7 @@ pub fn save_base(path: &Path, store: &VarStore) -> Result<String> {
     let fingerprint = store_fingerprint(store);
     let metadata = BTreeMap::from([
         (KIND_KEY.to_owned(), "base".to_owned()),
+        (ARCHITECTURE_KEY.to_owned(), BaseCnn::ARCHITECTURE.to_owned()),
         ("fingerprint".to_owned(), fingerprint.clone()),
     ]);
     checkpoint::save(path, &named_variables(store), metadata)?;
@@ -30,10 +34,20 @@ pub fn save_base(path: &Path, store: &VarStore) -> Result<String> {
 }
 
 /// Loads a [`BaseCnn`] from `path`, strictly; its class count comes from `classifier.bias`.
-/// The base comes back frozen.
+/// A base saved for another [`BaseCnn::ARCHITECTURE`] is refused. The base comes back frozen.
 pub fn load_base(path: &Path, device: Device) -> Result<(VarStore, BaseCnn)> {
     let saved = checkpoint::load(path, device)?;
     saved.expect_kind(path, "base")?;
+    match saved.meta(ARCHITECTURE_KEY) {
+        Some(architecture) if architecture == BaseCnn::ARCHITECTURE => {}
+        found => {
+            return Err(Error::Architecture {
+                path: path.to_path_buf(),
+                expected: BaseCnn::ARCHITECTURE,
+                found: found.unwrap_or("base-cnn/1 (recorded none)").to_owned(),
+            });
+        }
+    }
     let n_classes =
         saved.tensor("classifier.bias").map(|bias| bias.size()[0]).ok_or_else(|| {
             Error::MissingTensor { path: path.to_path_buf(), name: "classifier.bias".to_owned() }

@@ -357,12 +357,37 @@ fn checkpoints_round_trip_and_are_loaded_strictly() {
 }
 
 #[test]
+fn a_base_saved_for_another_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base_store, _, _, _) = models(25);
+    let path = dir.path().join("base.safetensors");
+    save_base(&path, &base_store).unwrap();
+    assert!(load_base(&path, Device::Cpu).is_ok());
+    let saved = checkpoint::load(&path, Device::Cpu).unwrap();
+    // As written before architectures were recorded (revision 1 summed its pooling windows).
+    let mut metadata = saved.metadata.clone();
+    metadata.remove("architecture");
+    checkpoint::save(&path, &saved.tensors, metadata.clone()).unwrap();
+    let error = load_base(&path, Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&error, Error::Architecture { found, .. } if found.starts_with("base-cnn/1")),
+        "{error}"
+    );
+    assert!(error.to_string().contains("pretrain a new base"), "{error}");
+    metadata.insert("architecture".to_owned(), "base-cnn/3".to_owned());
+    checkpoint::save(&path, &saved.tensors, metadata).unwrap();
+    assert!(matches!(load_base(&path, Device::Cpu).unwrap_err(), Error::Architecture { .. }));
+}
+
+#[test]
 fn a_wrong_shape_or_missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (base_store, _, _, _) = models(22);
     let mut tensors = checkpoint::named_variables(&base_store);
-    let metadata =
-        std::collections::BTreeMap::from([(checkpoint::KIND_KEY.to_owned(), "base".to_owned())]);
+    let metadata = std::collections::BTreeMap::from([
+        (checkpoint::KIND_KEY.to_owned(), "base".to_owned()),
+        ("architecture".to_owned(), BaseCnn::ARCHITECTURE.to_owned()),
+    ]);
     let index = tensors.iter().position(|(name, _)| name == "conv2.weight").unwrap();
     tensors[index].1 = Tensor::zeros([64, 32, 5, 5], (Kind::Float, Device::Cpu));
     let path = dir.path().join("wrong.safetensors");
@@ -412,6 +437,9 @@ struct Mlp {
 }
 
 impl StagedBase for Mlp {
+    fn architecture(&self) -> &'static str {
+        "test-mlp/1"
+    }
     fn stage_names(&self) -> &[&'static str] {
         &["flat", "representation"]
     }
