@@ -15,10 +15,22 @@ use tch::{Device, Kind, Tensor};
 pub(crate) const CHANNELS: usize = 32;
 /// Taps of a 3x3 kernel.
 const TAPS: usize = 9;
+/// Images below which another thread does not pay: starting one costs about as much as the pass
+/// over 20 images here, and right after a libtorch operation its worker threads still spin on
+/// the other cores, so a batch of the usual size (64 to 256) runs on the caller's thread alone.
+const MIN_IMAGES_PER_THREAD: usize = 512;
+/// Image height and width the pass is compiled for (MNIST's); other sizes take libtorch's path.
+const SIDE: usize = 28;
+/// With the convolution's zero border.
+const PADDED: usize = SIDE + 2;
+/// Pooled height and width.
+const POOLED_SIDE: usize = SIDE / 2;
+/// Floats of one image's pooled output.
+const POOLED_LEN: usize = POOLED_SIDE * POOLED_SIDE * CHANNELS;
 
 /// `relu(conv2d(images, weight, bias, padding 1))` average-pooled over 2x2 windows, for
-/// `images` `[N, 1, H, W]` on the CPU and `weight` `[32, 1, 3, 3]`; the result is
-/// `[N, 32, H/2, W/2]` with channels-last strides, in `images`' kind (computed in float32).
+/// `images` `[N, 1, 28, 28]` on the CPU and `weight` `[32, 1, 3, 3]`; the result is
+/// `[N, 32, 14, 14]` with channels-last strides, in `images`' kind (computed in float32).
 /// `None` when the inputs are not of that form (another device, other shapes), for the caller to
 /// take libtorch's path.
 pub(crate) fn conv3x3_relu_avgpool2(
@@ -26,13 +38,17 @@ pub(crate) fn conv3x3_relu_avgpool2(
     weight: &Tensor,
     bias: &Tensor,
 ) -> Option<Tensor> {
+    let side = SIDE as i64;
     let [n, 1, height, width] = images.size()[..] else { return None };
     let on_cpu = [images, weight, bias].iter().all(|t| t.device() == Device::Cpu);
-    if !on_cpu || weight.size() != [CHANNELS as i64, 1, 3, 3] || bias.size() != [CHANNELS as i64] {
+    if !on_cpu
+        || (height, width) != (side, side)
+        || weight.size() != [CHANNELS as i64, 1, 3, 3]
+        || bias.size() != [CHANNELS as i64]
+    {
         return None;
     }
-    let (n, height, width) = (n as usize, height as usize, width as usize);
-    let (pooled_height, pooled_width) = (height / 2, width / 2);
+    let n = n as usize;
     let pixels = Vec::<f32>::try_from(images.to_kind(Kind::Float).contiguous().view(-1)).ok()?;
     // [out, 1, 3, 3] → [tap][out], so one tap's weights for all channels are contiguous.
     let weight = Vec::<f32>::try_from(
@@ -46,19 +62,18 @@ pub(crate) fn conv3x3_relu_avgpool2(
     }
     let bias: [f32; CHANNELS] = bias.try_into().ok()?;
 
-    let mut pooled = vec![0f32; n * pooled_height * pooled_width * CHANNELS];
-    if n > 0 && pooled_height > 0 && pooled_width > 0 {
-        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).clamp(1, n);
+    let mut pooled = vec![0f32; n * POOLED_LEN];
+    if n > 0 {
+        let threads = (n / MIN_IMAGES_PER_THREAD)
+            .clamp(1, usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1));
         let per_thread = n.div_ceil(threads);
-        let image_len = height * width;
-        let pooled_len = pooled_height * pooled_width * CHANNELS;
         let pass = |images: &[f32], out: &mut [f32]| {
-            Arch::new().dispatch(Pass { images, height, width, taps: &taps, bias: &bias, out });
+            Arch::new().dispatch(Pass { images, taps: &taps, bias: &bias, out });
         };
         std::thread::scope(|scope| {
             let mut chunks = pixels
-                .chunks(per_thread * image_len)
-                .zip(pooled.chunks_mut(per_thread * pooled_len));
+                .chunks(per_thread * SIDE * SIDE)
+                .zip(pooled.chunks_mut(per_thread * POOLED_LEN));
             // The first chunk runs here; the others on threads of their own.
             let first = chunks.next();
             for (images, out) in chunks {
@@ -69,15 +84,13 @@ pub(crate) fn conv3x3_relu_avgpool2(
             }
         });
     }
-    let shape = [n, pooled_height, pooled_width, CHANNELS].map(|d| d as i64);
+    let shape = [n, POOLED_SIDE, POOLED_SIDE, CHANNELS].map(|d| d as i64);
     Some(Tensor::from_slice(&pooled).view(shape).permute([0, 3, 1, 2]).to_kind(images.kind()))
 }
 
 /// One thread's share: whole images in, their pooled outputs (channels last) out.
 struct Pass<'a> {
     images: &'a [f32],
-    height: usize,
-    width: usize,
     taps: &'a [[f32; CHANNELS]; TAPS],
     bias: &'a [f32; CHANNELS],
     out: &'a mut [f32],
@@ -90,26 +103,20 @@ impl WithSimd for Pass<'_> {
     // (and auto-vectorised) once for each of them.
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let Pass { images, height, width, taps, bias, out } = self;
-        let padded_width = width + 2;
+        let Pass { images, taps, bias, out } = self;
         // The image with a zero border of 1 (the convolution's padding).
-        let mut padded = vec![0f32; (height + 2) * padded_width];
-        let pooled_width = width / 2;
-        let pooled_len = (height / 2) * pooled_width * CHANNELS;
-        for (image, out) in
-            images.chunks_exact(height * width).zip(out.chunks_exact_mut(pooled_len))
-        {
-            for (row, pixels) in image.chunks_exact(width).enumerate() {
-                let start = (row + 1) * padded_width + 1;
-                padded[start..start + width].copy_from_slice(pixels);
+        let mut padded = [[0f32; PADDED]; PADDED];
+        for (image, out) in images.chunks_exact(SIDE * SIDE).zip(out.chunks_exact_mut(POOLED_LEN)) {
+            for (row, pixels) in padded[1..=SIDE].iter_mut().zip(image.chunks_exact(SIDE)) {
+                row[1..=SIDE].copy_from_slice(pixels);
             }
             for (index, cell) in out.chunks_exact_mut(CHANNELS).enumerate() {
-                let (top, left) = (2 * (index / pooled_width), 2 * (index % pooled_width));
+                let (top, left) = (2 * (index / POOLED_SIDE), 2 * (index % POOLED_SIDE));
                 let mut sum = [0f32; CHANNELS];
                 for (y, x) in [(top, left), (top, left + 1), (top + 1, left), (top + 1, left + 1)] {
                     let mut value = *bias;
                     for (tap, weights) in taps.iter().enumerate() {
-                        let pixel = padded[(y + tap / 3) * padded_width + x + tap % 3];
+                        let pixel = padded[y + tap / 3][x + tap % 3];
                         // A plain multiply and add, not `mul_add`: that is a slow library call
                         // where the CPU has no FMA, and the two round alike everywhere.
                         for (v, w) in value.iter_mut().zip(weights) {

@@ -146,8 +146,8 @@ fn base_with_biases(seed: i64) -> (nn::VarStore, BaseCnn) {
 fn the_fused_conv1_equals_libtorchs_convolution_relu_and_pooling() {
     let _rng = rng_lock();
     let (store, base) = base_with_biases(3);
-    // 1 and 7 leave a thread without images or with an uneven share; 64 is the usual batch.
-    for n in [1, 7, 64] {
+    // 1, 7 and 128 run on one thread; 1031 on two, with uneven shares.
+    for n in [1, 7, 128, 1031] {
         // MNIST-like inputs: mostly exact zeros, the rest in (0, 1].
         let images = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
         let images = images.shallow_clone() * images.gt(0.6);
@@ -170,6 +170,18 @@ fn the_fused_conv1_equals_libtorchs_convolution_relu_and_pooling() {
         let training = base.forward_stages(&images, 0..1, true);
         assert!(training.allclose(&expected, 1e-5, 1e-6, false), "batch {n}: training path");
     }
+}
+
+#[test]
+fn other_image_sizes_take_libtorchs_path() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(8);
+    let variables = store.variables();
+    let images = Tensor::rand([3, 1, 20, 20], (Kind::Float, Device::Cpu));
+    let (weight, bias) = (&variables["conv1.weight"], &variables["conv1.bias"]);
+    assert!(crate::fused_conv1::conv3x3_relu_avgpool2(&images, weight, bias).is_none());
+    let staged = base.forward_stages(&images, 0..1, false);
+    assert!(staged.allclose(&reference_conv1_stage(&store, &images), 1e-5, 1e-6, false));
 }
 
 #[test]
