@@ -7,8 +7,6 @@ Usage: python torch_reference.py --data-dir data/mnist --threads 2 --repeat 3
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def read_idx(path: Path) -> np.ndarray:
-    data = path.read_bytes()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+from shared import read_all, timed
 
 
 def load(data_dir: Path):
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    arrays = [read_idx(data_dir / name) for name in names]
+    arrays = read_all(data_dir)
     to_images = lambda a: torch.from_numpy(a.copy()).float().div_(255.0).unsqueeze(1)
     to_labels = lambda a: torch.from_numpy(a.astype(np.int64))
     return to_images(arrays[0]), to_labels(arrays[1]), to_images(arrays[2]), to_labels(arrays[3])
@@ -57,16 +49,6 @@ class Head(nn.Module):
 
     def forward(self, x):
         return F.log_softmax(self.final(F.relu(self.hidden(x))), -1)
-
-
-def timed(function, repeat):
-    function()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def epoch(model, inputs, labels, lr, batch, frozen=None):
@@ -103,7 +85,7 @@ def main():
 
     def extract():
         with torch.no_grad():
-            return torch.cat([base.features(all_x[i : i + 256]) for i in range(0, all_x.shape[0], 256)])
+            return torch.cat([base.features(all_x[i : i + 128]) for i in range(0, all_x.shape[0], 128)])
 
     phases["extract"] = timed(extract, args.repeat)
     features = extract()
@@ -115,8 +97,8 @@ def main():
 
     def evaluate():
         with torch.no_grad():
-            for i in range(0, test_x.shape[0], 256):
-                head(base.features(test_x[i : i + 256])).argmax(-1)
+            for i in range(0, test_x.shape[0], 128):
+                head(base.features(test_x[i : i + 128])).argmax(-1)
 
     phases["eval"] = timed(evaluate, args.repeat)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "phases": phases}))

@@ -5,8 +5,8 @@
 //! the `[N, 32, 28, 28]` intermediate (100 KB per image, written and read back three times).
 //! Here each pre-pool value lives only in registers: the 32 channels of one position are a few
 //! SIMD vectors, and only the pooled result (a quarter of the size) is written. The loops are
-//! plain Rust; `pulp` compiles them for the best instruction set the CPU has (AVX-512 or AVX2
-//! with FMA) and picks one at run time.
+//! plain Rust; `pulp` compiles them once per instruction set (AVX-512, AVX2, baseline) and picks
+//! the best the CPU has at run time.
 
 use pulp::{Arch, Simd, WithSimd};
 use tch::{Device, Kind, Tensor};
@@ -30,7 +30,8 @@ const POOLED_LEN: usize = POOLED_SIDE * POOLED_SIDE * CHANNELS;
 
 /// `relu(conv2d(images, weight, bias, padding 1))` average-pooled over 2x2 windows, for
 /// `images` `[N, 1, 28, 28]` on the CPU and `weight` `[32, 1, 3, 3]`; the result is
-/// `[N, 32, 14, 14]` with channels-last strides, in `images`' kind (computed in float32).
+/// `[N, 32, 14, 14]` with channels-last strides, in `images`' kind (computed in float32 and
+/// rounded once, to nearest even, when that kind is bfloat16).
 /// `None` when the inputs are not of that form (another device, other shapes), for the caller to
 /// take libtorch's path.
 pub(crate) fn conv3x3_relu_avgpool2(
@@ -62,13 +63,32 @@ pub(crate) fn conv3x3_relu_avgpool2(
     }
     let bias: [f32; CHANNELS] = bias.try_into().ok()?;
 
-    let mut pooled = vec![0f32; n * POOLED_LEN];
+    let shape = [n, POOLED_SIDE, POOLED_SIDE, CHANNELS].map(|d| d as i64);
+    let pooled = if images.kind() == Kind::BFloat16 {
+        // Built as int16 and reinterpreted: tch's `from_slice` of `half::bf16` makes a Half tensor.
+        Tensor::from_slice(&run::<Bf16>(&pixels, n, &taps, &bias))
+            .view_dtype(Kind::BFloat16)
+            .view(shape)
+    } else {
+        Tensor::from_slice(&run::<f32>(&pixels, n, &taps, &bias)).view(shape).to_kind(images.kind())
+    };
+    Some(pooled.permute([0, 3, 1, 2]))
+}
+
+/// The pass over `n` images, on as many threads as pays (see `MIN_IMAGES_PER_THREAD`).
+fn run<T: Store>(
+    pixels: &[f32],
+    n: usize,
+    taps: &[[f32; CHANNELS]; TAPS],
+    bias: &[f32; CHANNELS],
+) -> Vec<T::Element> {
+    let mut pooled = vec![T::Element::default(); n * POOLED_LEN];
     if n > 0 {
         let threads = (n / MIN_IMAGES_PER_THREAD)
             .clamp(1, usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1));
         let per_thread = n.div_ceil(threads);
-        let pass = |images: &[f32], out: &mut [f32]| {
-            Arch::new().dispatch(Pass { images, taps: &taps, bias: &bias, out });
+        let pass = |images: &[f32], out: &mut [T::Element]| {
+            Arch::new().dispatch(Pass::<T> { images, taps, bias, out });
         };
         std::thread::scope(|scope| {
             let mut chunks = pixels
@@ -84,19 +104,51 @@ pub(crate) fn conv3x3_relu_avgpool2(
             }
         });
     }
-    let shape = [n, POOLED_SIDE, POOLED_SIDE, CHANNELS].map(|d| d as i64);
-    Some(Tensor::from_slice(&pooled).view(shape).permute([0, 3, 1, 2]).to_kind(images.kind()))
+    pooled
+}
+
+/// How the pass stores a finished float32 value.
+trait Store {
+    /// The stored element.
+    type Element: tch::kind::Element + Copy + Default + Send;
+    /// `value` as stored.
+    fn store(value: f32) -> Self::Element;
+}
+
+impl Store for f32 {
+    type Element = f32;
+
+    #[inline(always)]
+    fn store(value: f32) -> f32 {
+        value
+    }
+}
+
+/// bfloat16 output, as its bits: the float32 rounded to nearest, ties to even (values here are
+/// finite).
+struct Bf16;
+
+impl Store for Bf16 {
+    type Element = i16;
+
+    // Integer operations only, so the loop that calls it still vectorises.
+    #[inline(always)]
+    fn store(value: f32) -> i16 {
+        let bits = value.to_bits();
+        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+        (rounded >> 16) as u16 as i16
+    }
 }
 
 /// One thread's share: whole images in, their pooled outputs (channels last) out.
-struct Pass<'a> {
+struct Pass<'a, T: Store> {
     images: &'a [f32],
     taps: &'a [[f32; CHANNELS]; TAPS],
     bias: &'a [f32; CHANNELS],
-    out: &'a mut [f32],
+    out: &'a mut [T::Element],
 }
 
-impl WithSimd for Pass<'_> {
+impl<T: Store> WithSimd for Pass<'_, T> {
     type Output = ();
 
     // Inlined into pulp's per-instruction-set entry points, so the loops below are compiled
@@ -128,9 +180,26 @@ impl WithSimd for Pass<'_> {
                     }
                 }
                 for (c, s) in cell.iter_mut().zip(sum) {
-                    *c = s * 0.25;
+                    *c = T::store(s * 0.25);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Bf16, Store};
+
+    #[test]
+    fn bf16_stores_round_to_nearest_even_like_the_half_crate() {
+        let mut values =
+            vec![0.0f32, 1.0, 0.25, 1e-30, 3.0e38, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0];
+        // A sweep over magnitudes and mantissas, ties included.
+        values.extend((0..100_000u32).map(|i| f32::from_bits(0x3000_0000 + i * 7919)));
+        for value in values {
+            let expected = half::bf16::from_f32(value).to_bits();
+            assert_eq!(Bf16::store(value) as u16, expected, "{value:e}");
         }
     }
 }

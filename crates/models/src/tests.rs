@@ -169,6 +169,18 @@ fn the_fused_conv1_equals_libtorchs_convolution_relu_and_pooling() {
         assert_eq!(fused.stride(), [14 * 14 * 32, 1, 14 * 32, 32], "conv2 reads channels-last");
         let training = base.forward_stages(&images, 0..1, true);
         assert!(training.allclose(&expected, 1e-5, 1e-6, false), "batch {n}: training path");
+
+        // bf16 in, bf16 out: float32 arithmetic, rounded once at the end.
+        let (weight, bias) = (&variables["conv1.weight"], &variables["conv1.bias"]);
+        let low = images.to_kind(Kind::BFloat16);
+        let fused = crate::fused_conv1::conv3x3_relu_avgpool2(&low, weight, bias).unwrap();
+        assert_eq!(fused.kind(), Kind::BFloat16);
+        let exact = reference_conv1_stage(&store, &low.to_kind(Kind::Float));
+        let rounded = exact.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        assert!(
+            fused.to_kind(Kind::Float).allclose(&rounded, 1.0 / 128.0, 1e-6, false),
+            "batch {n}: bf16"
+        );
     }
 }
 

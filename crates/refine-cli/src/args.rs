@@ -53,8 +53,10 @@ Example: refine-cli predict --base runs/mnist/base.safetensors --head runs/mnist
     )]
     Predict(PredictArgs),
     /// Time every phase on full MNIST (median of repeats), with the machine's matmul rate, and
-    /// optionally the PyTorch reference side by side; writes bench.json and bench.md.
-    #[command(after_help = "Example: refine-cli bench --repeat 3 --reference /path/to/python3")]
+    /// optionally the PyTorch and JAX references side by side; writes bench.json and bench.md.
+    #[command(
+        after_help = "Example: refine-cli bench --repeat 3 --reference /path/to/python3 --jax-reference /path/to/python3"
+    )]
     Bench(BenchArgs),
     /// Show a checkpoint's tensors (name, shape, dtype, fingerprint) and what a head is bound to.
     #[command(
@@ -314,8 +316,12 @@ pub struct BenchArgs {
     /// Output folder for bench.json and bench.md [default: runs/bench].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A Python with torch installed: also run benches/reference/torch_reference.py with it and
-    /// print the ratio of each phase.
+    /// A Python with torch installed: also run benches/reference/torch_reference.py (PyTorch
+    /// eager) with it and print the ratio of each phase.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// A Python with jax installed: also run benches/reference/jax_reference.py (jitted XLA) with
+    /// it and print the ratio of each phase.
+    #[arg(long)]
+    pub jax_reference: Option<PathBuf>,
 }

@@ -192,19 +192,31 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
         "naive_over_cached_epoch": naive.median() / cached.median(),
         "peak_rss_mib": peak_rss_mib(),
     });
-    if let Some(python) = &args.reference {
-        ui.message("bench: PyTorch reference");
-        let reference = run_reference(python, &data_dir, repeat, args.batch_size.get())?;
+    let mut references = serde_json::Map::new();
+    let mut speedups = serde_json::Map::new();
+    for reference in REFERENCES {
+        let python = match reference.name {
+            "pytorch" => &args.reference,
+            _ => &args.jax_reference,
+        };
+        let Some(python) = python else { continue };
+        ui.message(&format!("bench: {} reference", reference.label));
+        let measured =
+            run_reference(python, reference.script, &data_dir, repeat, args.batch_size.get())?;
         let mut ratios = serde_json::Map::new();
         for (name, ours) in document["phases"].as_object().cloned().unwrap_or_default() {
             if let (Some(theirs), Some(ours)) =
-                (reference["phases"][&name]["median_s"].as_f64(), ours["median_s"].as_f64())
+                (measured["phases"][&name]["median_s"].as_f64(), ours["median_s"].as_f64())
             {
                 ratios.insert(name, json!(theirs / ours));
             }
         }
-        document["reference"] = reference;
-        document["speedup_over_reference"] = Value::Object(ratios);
+        references.insert(reference.name.to_owned(), measured);
+        speedups.insert(reference.name.to_owned(), Value::Object(ratios));
+    }
+    if !references.is_empty() {
+        document["references"] = Value::Object(references);
+        document["speedup"] = Value::Object(speedups);
     }
     write_json(&out.join("bench.json"), &document)?;
     let table = markdown(&document);
@@ -217,14 +229,29 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A reference implementation the bench can run side by side.
+struct Reference {
+    /// Key in bench.json (`references.<name>`, `speedup.<name>`).
+    name: &'static str,
+    /// Column heading.
+    label: &'static str,
+    /// File in `benches/reference/`.
+    script: &'static str,
+}
+
+const REFERENCES: [Reference; 2] = [
+    Reference { name: "pytorch", label: "PyTorch eager", script: "torch_reference.py" },
+    Reference { name: "jax", label: "JAX (jit)", script: "jax_reference.py" },
+];
+
 fn run_reference(
     python: &Path,
+    script: &str,
     data_dir: &Path,
     repeat: usize,
     batch_size: usize,
 ) -> anyhow::Result<Value> {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/reference/torch_reference.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/reference").join(script);
     let output = Command::new(python)
         .arg(&script)
         .arg("--data-dir")
@@ -250,7 +277,10 @@ fn markdown(document: &Value) -> String {
         ("eval", "evaluation (10,000 test images, base + head)"),
         ("pretrain_epoch", "pretraining epoch (whole base)"),
     ];
-    let reference = document.get("reference").is_some();
+    let references: Vec<&Reference> = REFERENCES
+        .iter()
+        .filter(|reference| document["references"].get(reference.name).is_some())
+        .collect();
     let mut table = format!(
         "Machine: {} ({} cores), {} threads, libtorch {}, batch {}; median of {} runs after a warm-up.\n\n",
         document["machine"]["cpu"].as_str().unwrap_or("?"),
@@ -260,7 +290,13 @@ fn markdown(document: &Value) -> String {
         document["batch_size"],
         document["repeat"],
     );
-    table.push_str(if reference { "| phase | refine (s) | min | max | PyTorch eager (s) | speed-up |\n|---|---|---|---|---|---|\n" } else { "| phase | refine (s) | min | max |\n|---|---|---|---|\n" });
+    table.push_str("| phase | refine (s) | min | max |");
+    for reference in &references {
+        table.push_str(&format!(" {} (s) | speed-up |", reference.label));
+    }
+    table.push_str("\n|---|---|---|---|");
+    table.push_str(&"---|---|".repeat(references.len()));
+    table.push('\n');
     for (key, label) in phases {
         let phase = &document["phases"][key];
         let cell =
@@ -271,11 +307,11 @@ fn markdown(document: &Value) -> String {
             cell("min_s"),
             cell("max_s")
         ));
-        if reference {
-            let theirs = document["reference"]["phases"][key]["median_s"]
+        for reference in &references {
+            let theirs = document["references"][reference.name]["phases"][key]["median_s"]
                 .as_f64()
                 .map_or("-".to_owned(), |v| format!("{v:.3}"));
-            let ratio = document["speedup_over_reference"][key]
+            let ratio = document["speedup"][reference.name][key]
                 .as_f64()
                 .map_or("-".to_owned(), |v| format!("{v:.2}x"));
             table.push_str(&format!(" {theirs} | {ratio} |"));
