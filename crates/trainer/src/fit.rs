@@ -148,8 +148,6 @@ pub(crate) fn train_epochs(
             let ys = data.train_labels.index_select(0, &index);
             let log_probs = forward(&xs, true);
             let loss = log_probs.nll_loss(&ys);
-            optimizer.zero_grad();
-            loss.backward();
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
@@ -159,7 +157,7 @@ pub(crate) fn train_epochs(
                     lr: config.optimizer.lr(),
                 });
             }
-            optimizer.step();
+            optimizer.step(&loss);
             loss_sum += loss_value;
             correct += log_probs.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();

@@ -88,23 +88,23 @@ impl Optimizer {
         Optimizer { groups, steps: 0 }
     }
 
-    /// Clears the gradients of every tensor it updates.
-    pub fn zero_grad(&mut self) {
-        for group in &mut self.groups {
-            for (_, param) in &mut group.params {
-                param.zero_grad();
-            }
-        }
-    }
-
-    /// Applies one update from the current gradients.
-    pub fn step(&mut self) {
+    /// Differentiates `loss` with respect to exactly the tensors it updates, and applies one
+    /// update. The gradients are returned by autograd rather than accumulated into the tensors'
+    /// `.grad`, so there is nothing to zero between steps, and no other tensor (a frozen one)
+    /// ever gets a gradient. A tensor `loss` does not depend on is left as it is.
+    pub fn step(&mut self, loss: &Tensor) {
+        let grads = {
+            let params: Vec<&Tensor> =
+                self.groups.iter().flat_map(|g| g.params.iter().map(|(_, t)| t)).collect();
+            Tensor::run_backward(&[loss], &params, false, false)
+        };
+        let mut grads = grads.into_iter();
         self.steps += 1;
         let step = self.steps;
         tch::no_grad(|| {
             for group in &mut self.groups {
                 for (index, (_, param)) in group.params.iter_mut().enumerate() {
-                    let grad = param.grad();
+                    let Some(grad) = grads.next() else { return };
                     if !grad.defined() {
                         continue;
                     }

@@ -291,10 +291,9 @@ fn sgd_with_momentum_and_weight_decay_follows_pytorch() {
         vec![("p".into(), param.shallow_clone())],
     )]);
     for _ in 0..2 {
-        optimizer.zero_grad();
-        (&param * &param).sum(Kind::Float).backward();
-        optimizer.step();
+        optimizer.step(&(&param * &param).sum(Kind::Float));
     }
+    assert!(!param.grad().defined(), "gradients are returned, not accumulated");
     // By hand: g = 2p + 0.5p = 2.5p. Step 1: buf = 2.5p0, p1 = p0 - 0.1 * 2.5p0 = 0.75p0.
     // Step 2: g = 2.5 * 0.75p0 = 1.875p0, buf = 0.9 * 2.5p0 + 1.875p0 = 4.125p0,
     // p2 = 0.75p0 - 0.4125p0 = 0.3375p0.
@@ -311,8 +310,7 @@ fn adam_matches_its_closed_form_first_step() {
     let config =
         OptimizerConfig::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut optimizer = Optimizer::new(vec![(config, vec![("p".into(), param.shallow_clone())])]);
-    (&param * 3.0).sum(Kind::Float).backward();
-    optimizer.step();
+    optimizer.step(&(&param * 3.0).sum(Kind::Float));
     // The first Adam step moves by lr * g / (|g| + eps) = lr.
     assert!((param.double_value(&[0]) - 0.49).abs() < 1e-6, "{param}");
     assert_eq!(optimizer.state().0.len(), 2);
