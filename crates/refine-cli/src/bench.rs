@@ -1,6 +1,6 @@
 //! `bench`: every phase timed on full MNIST (one warm-up, then the median of `--repeat` runs),
 //! the machine's fp32 matmul rate measured in the same run, peak memory, and optionally the
-//! PyTorch reference script run side by side.
+//! PyTorch and JAX reference scripts run side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -327,4 +327,43 @@ fn markdown(document: &Value) -> String {
         document["peak_rss_mib"].as_f64().unwrap_or(0.0),
     ));
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::markdown;
+
+    fn document(references: serde_json::Value, speedup: serde_json::Value) -> serde_json::Value {
+        json!({
+            "machine": { "cpu": "test cpu", "cores": 2 },
+            "versions": { "libtorch": "2.13.0" },
+            "threads": 2, "batch_size": 128, "repeat": 3,
+            "phases": { "extract": { "median_s": 2.0, "min_s": 1.9, "max_s": 2.1 } },
+            "references": references,
+            "speedup": speedup,
+            "matmul_gflops": 200.0, "extract_gflops": 300.0, "extract_fraction_of_matmul": 1.5,
+            "naive_over_cached_epoch": 20.0, "peak_rss_mib": 700.0,
+        })
+    }
+
+    #[test]
+    fn the_table_has_a_column_pair_for_each_reference_that_ran() {
+        let jax_only = document(
+            json!({ "jax": { "phases": { "extract": { "median_s": 2.4 } } } }),
+            json!({ "jax": { "extract": 1.2 } }),
+        );
+        let table = markdown(&jax_only);
+        assert!(table.contains("| phase | refine (s) | min | max | JAX (jit) (s) | speed-up |\n"));
+        assert!(!table.contains("PyTorch"));
+        assert!(table.contains(
+            "| feature extraction (70,000 images) | 2.000 | 1.900 | 2.100 | 2.400 | 1.20x |"
+        ));
+        // A phase no reference measured shows dashes, not zeros.
+        assert!(table.contains("| pretraining epoch (whole base) | - | - | - | - | - |"));
+
+        let neither = markdown(&document(serde_json::Value::Null, serde_json::Value::Null));
+        assert!(neither.contains("| phase | refine (s) | min | max |\n|---|---|---|---|\n"));
+    }
 }
