@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Skip `cargo fmt --check` and `cargo clippy` (tests and invariants still run).
+    /// Skip `cargo fmt --check`, `cargo clippy` and `cargo doc` (tests and invariants still run).
     #[arg(long)]
     no_lint: bool,
 }
@@ -19,6 +19,12 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if !args.no_lint {
         cargo(root, &["fmt", "--all", "--check"])?;
         cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        // Broken intra-doc links and malformed doc comments fail like lints do.
+        cargo_with_env(
+            root,
+            &["doc", "--no-deps", "--workspace"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )?;
     }
     // Doc tests first: most crates have none, and a summary of "0 passed" should not be the
     // last word of the run.
@@ -32,9 +38,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(root, args, &[])
+}
+
+fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("xtask test: cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

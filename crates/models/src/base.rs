@@ -91,7 +91,7 @@ impl BaseCnn {
     /// over contiguous channels).
     ///
     /// Inference on the CPU takes the fused pass of `fused_conv1` (one input channel makes the
-    /// separate kernels memory-bound: ~10x slower). Training, and other devices, take libtorch's
+    /// separate kernels memory-bound: about 4x slower here). Training, and other devices, take libtorch's
     /// convolution; there the `[N, 1, H, W]` input is given channels-last strides, which with a
     /// single channel describe the same memory but make libtorch pick its channels-last kernels.
     fn conv1_stage(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -126,7 +126,7 @@ impl BaseCnn {
 
 /// 2x2 average pooling, stride 2. (Not tch's `avg_pool2d_default`, which passes a divisor
 /// override of 1 and so sums the window.)
-pub(crate) fn average_pool2(xs: &Tensor) -> Tensor {
+fn average_pool2(xs: &Tensor) -> Tensor {
     xs.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
 }
 

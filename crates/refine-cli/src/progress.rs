@@ -6,7 +6,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use trainer::Event;
 
-/// Owns the bars; logs written through [`Ui::log_writer`] suspend them while printing.
+/// Owns the bars; logs (set up by [`Ui::init_logging`]) suspend them while printing.
 #[derive(Clone)]
 pub struct Ui {
     multi: MultiProgress,
