@@ -91,9 +91,10 @@ impl BaseCnn {
     /// over contiguous channels).
     ///
     /// Inference on the CPU takes the fused pass of `fused_conv1` (one input channel makes the
-    /// separate kernels memory-bound: about 4x slower here). Training, and other devices, take libtorch's
-    /// convolution; there the `[N, 1, H, W]` input is given channels-last strides, which with a
-    /// single channel describe the same memory but make libtorch pick its channels-last kernels.
+    /// separate kernels memory-bound: about 4x slower here). Training, and other devices, take
+    /// libtorch's convolution; there the `[N, 1, H, W]` input is given channels-last strides,
+    /// which with a single channel describe the same memory but make libtorch pick its
+    /// channels-last kernels.
     fn conv1_stage(&self, xs: &Tensor, train: bool) -> Tensor {
         if !train {
             let bias = self.conv1.bs.as_ref();

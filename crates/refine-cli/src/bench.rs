@@ -194,12 +194,8 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
     });
     let mut references = serde_json::Map::new();
     let mut speedups = serde_json::Map::new();
-    for reference in REFERENCES {
-        let python = match reference.name {
-            "pytorch" => &args.reference,
-            _ => &args.jax_reference,
-        };
-        let Some(python) = python else { continue };
+    for reference in &REFERENCES {
+        let Some(python) = (reference.python)(args) else { continue };
         ui.message(&format!("bench: {} reference", reference.label));
         let measured =
             run_reference(python, reference.script, &data_dir, repeat, args.batch_size.get())?;
@@ -237,11 +233,23 @@ struct Reference {
     label: &'static str,
     /// File in `benches/reference/`.
     script: &'static str,
+    /// The flag that names the Python to run it with.
+    python: fn(&BenchArgs) -> Option<&PathBuf>,
 }
 
 const REFERENCES: [Reference; 2] = [
-    Reference { name: "pytorch", label: "PyTorch eager", script: "torch_reference.py" },
-    Reference { name: "jax", label: "JAX (jit)", script: "jax_reference.py" },
+    Reference {
+        name: "pytorch",
+        label: "PyTorch eager",
+        script: "torch_reference.py",
+        python: |args| args.reference.as_ref(),
+    },
+    Reference {
+        name: "jax",
+        label: "JAX (jit)",
+        script: "jax_reference.py",
+        python: |args| args.jax_reference.as_ref(),
+    },
 ];
 
 fn run_reference(
