@@ -71,6 +71,31 @@ fn bad_checkpoints_are_refused_with_their_cause() {
 }
 
 #[test]
+fn a_base_from_before_average_pooling_is_refused() {
+    let dir = trained();
+    // The base as an earlier refine wrote it: no architecture revision in the safetensors
+    // header (an 8-byte little-endian length, the JSON header, then the tensor bytes).
+    let bytes = std::fs::read(dir.path().join("runs/mnist/base.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let metadata = header["__metadata__"].as_object_mut().unwrap();
+    assert!(metadata.remove("architecture").is_some());
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut old = (header.len() as u64).to_le_bytes().to_vec();
+    old.extend_from_slice(&header);
+    old.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(dir.path().join("old-base.safetensors"), old).unwrap();
+    let stderr = fails(dir.path(), &["refine", "--base", "old-base.safetensors"]);
+    assert!(
+        stderr.contains(
+            "this base was saved for architecture \"base-cnn/1 (recorded none)\", but this build \
+             computes \"base-cnn/2\"; pretrain a new base (refine-cli pretrain)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_head_bound_to_another_base_is_refused_unless_overridden() {
     let dir = trained();
     let other =
