@@ -111,6 +111,52 @@ pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_add(epoch as u64)
 }
 
+/// How a training loop takes its steps: autograd over libtorch operators ([`AutogradSteps`]), or
+/// the head's own CPU step ([`crate::cpu_head::CpuHeadSteps`]).
+pub(crate) trait Steps {
+    /// One step over the training examples at `indices`. Returns the batch's mean loss and how
+    /// many examples it classified correctly, both before the update; when the loss is not
+    /// finite, nothing is updated.
+    fn step(&mut self, indices: &[usize]) -> (f64, i64);
+
+    /// Brings the model's tensors and the optimizer up to date with the steps taken; called
+    /// after every epoch, before evaluation and checkpoints.
+    fn finish_epoch(&mut self) -> &Optimizer;
+}
+
+/// Steps through libtorch: `forward` in training mode, its loss differentiated by autograd.
+pub(crate) struct AutogradSteps<'a> {
+    /// The training inputs and labels.
+    pub data: &'a Inputs<'a>,
+    /// The trainable model.
+    pub forward: &'a Forward<'a>,
+    /// Updates the trainable tensors.
+    pub optimizer: &'a mut Optimizer,
+    /// Where the inputs are.
+    pub device: Device,
+}
+
+impl Steps for AutogradSteps<'_> {
+    fn step(&mut self, indices: &[usize]) -> (f64, i64) {
+        let index = index_tensor(indices, self.device);
+        let xs = self.data.train.index_select(0, &index);
+        let ys = self.data.train_labels.index_select(0, &index);
+        let log_probs = (self.forward)(&xs, true);
+        let loss = log_probs.nll_loss(&ys);
+        let loss_value = loss.double_value(&[]);
+        if !loss_value.is_finite() {
+            return (loss_value, 0);
+        }
+        self.optimizer.step(&loss);
+        let correct = log_probs.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64).int64_value(&[]);
+        (loss_value, correct)
+    }
+
+    fn finish_epoch(&mut self) -> &Optimizer {
+        self.optimizer
+    }
+}
+
 /// Trains from epoch `start_epoch` (0-based count of epochs already done) to `config.epochs`.
 /// After each epoch, `checkpoint` is called with the metrics so far, so a killed run loses at
 /// most the epoch in progress.
@@ -119,7 +165,7 @@ pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 pub(crate) fn train_epochs(
     data: &Inputs<'_>,
     forward: &Forward<'_>,
-    optimizer: &mut Optimizer,
+    steps: &mut dyn Steps,
     config: &FitConfig,
     phase: &str,
     mut metrics: Vec<EpochMetrics>,
@@ -143,26 +189,21 @@ pub(crate) fn train_epochs(
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         for (step, indices) in plan.iter().enumerate() {
-            let index = index_tensor(indices, config.device);
-            let xs = data.train.index_select(0, &index);
-            let ys = data.train_labels.index_select(0, &index);
-            let log_probs = forward(&xs, true);
-            let loss = log_probs.nll_loss(&ys);
-            let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
+            let (loss, batch_correct) = steps.step(indices);
+            if !loss.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     epoch,
                     step: step + 1,
-                    loss: loss_value,
+                    loss,
                     lr: config.optimizer.lr(),
                 });
             }
-            optimizer.step(&loss);
-            loss_sum += loss_value;
-            correct += log_probs.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64).int64_value(&[]);
+            loss_sum += loss;
+            correct += batch_correct;
             seen += indices.len();
             events(Event::Step);
         }
+        let optimizer = steps.finish_epoch();
         let seconds = started.elapsed().as_secs_f64();
         events(Event::PhaseFinished);
         let test = evaluate(data.test, data.test_labels, forward, data.n_classes, config.device);

@@ -5,15 +5,18 @@ use std::time::Instant;
 
 use mnist_io::Dataset;
 use tch::nn::VarStore;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use models::{RefineHead, StagedBase};
 
 use crate::checkpoint::named_variables;
+use crate::cpu_head::{CpuHeadSteps, HeadInputs};
 use crate::error::{Error, Result};
 use crate::features::{self, FeatureCache, Precision};
 use crate::fingerprint::Fingerprints;
-use crate::fit::{EpochMetrics, Evaluation, Event, FitConfig, Inputs, evaluate, train_epochs};
+use crate::fit::{
+    AutogradSteps, EpochMetrics, Evaluation, Event, FitConfig, Inputs, evaluate, train_epochs,
+};
 use crate::freeze::{FreezePlan, is_trainable, split_index};
 use crate::optim::Optimizer;
 use crate::state::RunState;
@@ -83,6 +86,7 @@ pub fn pretrain(
         "pretrain",
         state.as_ref(),
         events,
+        None,
     )?;
     let train_s = started.elapsed().as_secs_f64();
     let evaluation = evaluate(&test_images, &test_labels, &forward, test.n_classes(), device);
@@ -252,14 +256,13 @@ pub fn refine(
     let (train_labels, test_labels) =
         (labels_to_tensor(train, device), labels_to_tensor(test, device));
 
+    let frozen_forward = |xs: &Tensor| {
+        tch::no_grad(|| {
+            frozen_part.forward_stages(&xs.to_kind(kind), 0..split, false).to_kind(Kind::Float)
+        })
+    };
     let forward = |xs: &Tensor, train_mode: bool| {
-        let features = if naive {
-            tch::no_grad(|| {
-                frozen_part.forward_stages(&xs.to_kind(kind), 0..split, false).to_kind(Kind::Float)
-            })
-        } else {
-            xs.shallow_clone()
-        };
+        let features = if naive { frozen_forward(xs) } else { xs.shallow_clone() };
         head.forward(&base.forward_stages(&features, split..stages, train_mode))
     };
     let data = Inputs {
@@ -282,6 +285,17 @@ pub fn refine(
         .as_deref()
         .map(|dir| RunState::new(dir, "refine", run_key("refine", &config.fit, &key_parts)));
     let refine_started = Instant::now();
+    // With only the head training on the CPU, its own step replaces autograd (see `cpu_head`).
+    let head_inputs = || {
+        if naive {
+            Some(HeadInputs::PerBatch { images: &train_inputs, frozen: &frozen_forward })
+        } else {
+            Vec::<f32>::try_from(train_inputs.contiguous().view(-1)).ok().map(HeadInputs::Cached)
+        }
+    };
+    let cpu_head = (device == Device::Cpu && base_trainable.is_empty())
+        .then(|| head_inputs().map(|inputs| (inputs, &train_labels)))
+        .flatten();
     let (epochs, resumed_epochs) = train_resumable(
         &data,
         &forward,
@@ -291,6 +305,7 @@ pub fn refine(
         "refine",
         state.as_ref(),
         events,
+        cpu_head,
     )?;
     let refine_s = refine_started.elapsed().as_secs_f64();
 
@@ -377,7 +392,8 @@ pub fn predict(base: &dyn StagedBase, head: &RefineHead, images: &Tensor) -> Ten
 
 /// Restores a matching saved state (and says so through `events`), then trains up to
 /// `config.epochs`, saving the state after every epoch. Returns all epochs' metrics and how many
-/// were restored.
+/// were restored. With `cpu_head` (the head's training inputs and labels), the head's own CPU
+/// step trains when it applies (see [`CpuHeadSteps::new`]); otherwise autograd does.
 #[allow(clippy::too_many_arguments)]
 fn train_resumable(
     data: &Inputs<'_>,
@@ -388,6 +404,7 @@ fn train_resumable(
     phase: &str,
     state: Option<&RunState>,
     events: &mut dyn FnMut(Event),
+    cpu_head: Option<(HeadInputs<'_>, &Tensor)>,
 ) -> Result<(Vec<EpochMetrics>, usize)> {
     let restored = match state {
         Some(state) => state.restore(params, optimizer, config.device, config.epochs)?,
@@ -401,8 +418,19 @@ fn train_resumable(
         Some(state) => state.save(params, optimizer, metrics),
         None => Ok(()),
     };
-    let epochs =
-        train_epochs(data, forward, optimizer, config, phase, restored, &mut save, events)?;
+    let cpu_head = cpu_head.and_then(|(inputs, labels)| {
+        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+        CpuHeadSteps::new(&mut *optimizer, config.optimizer, inputs, labels, threads)
+    });
+    let epochs = match cpu_head {
+        Some(mut steps) => {
+            train_epochs(data, forward, &mut steps, config, phase, restored, &mut save, events)?
+        }
+        None => {
+            let mut steps = AutogradSteps { data, forward, optimizer, device: config.device };
+            train_epochs(data, forward, &mut steps, config, phase, restored, &mut save, events)?
+        }
+    };
     Ok((epochs, resumed_epochs))
 }
 

@@ -16,6 +16,7 @@
 //! implements [`StagedBase`](models::StagedBase) works, not only [`BaseCnn`](models::BaseCnn).
 
 mod checkpoint;
+mod cpu_head;
 mod error;
 mod features;
 mod fingerprint;

@@ -121,6 +121,14 @@ impl Optimizer {
         });
     }
 
+    /// The tensors it updates, with their names, in every group.
+    pub(crate) fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())))
+            .collect()
+    }
+
     /// The optimizer's state as named tensors (`<param>.momentum`, `<param>.exp_avg`,
     /// `<param>.exp_avg_sq`) plus the step count, for checkpoints.
     pub fn state(&self) -> (Vec<(String, Tensor)>, i64) {
@@ -154,7 +162,8 @@ impl Optimizer {
     }
 }
 
-fn state_names(config: OptimizerConfig) -> (&'static str, Option<&'static str>) {
+/// The names of a rule's per-tensor state: first (momentum or first moment), second (Adam's).
+pub(crate) fn state_names(config: OptimizerConfig) -> (&'static str, Option<&'static str>) {
     match config {
         OptimizerConfig::Sgd { .. } => ("momentum", None),
         OptimizerConfig::Adam { .. } => ("exp_avg", Some("exp_avg_sq")),
