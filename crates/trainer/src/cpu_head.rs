@@ -94,7 +94,7 @@ struct Helper {
 
 /// Busy-wait iterations before a thread blocks on a channel: the other half of a step is due
 /// within a few hundred microseconds, and waking a blocked thread costs tens of them.
-const SPINS: usize = 50_000;
+const SPINS: usize = 5_000;
 
 /// Receives from `channel`, spinning for a while before blocking.
 fn receive<T>(channel: &Receiver<T>) -> Option<T> {
