@@ -62,7 +62,8 @@ struct Work {
     labels: Vec<i64>,
     /// Hidden activations `[rows, hidden]` (after relu).
     hidden: Vec<f32>,
-    /// Logits, then their gradient, `[rows, padded]` (see `padded_classes`).
+    /// Logits, then their gradient, `[rows, padded]`: classes padded to a multiple of 16
+    /// columns (see `half_step`).
     logits: Vec<f32>,
     /// The hidden activations' gradient `[rows, hidden]`.
     hidden_grad: Vec<f32>,
@@ -147,15 +148,6 @@ pub(crate) struct CpuHead {
     helper: Option<Helper>,
 }
 
-/// What one step saw, before its update.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct StepOutcome {
-    /// Mean negative log-likelihood of the batch.
-    pub loss: f64,
-    /// Examples whose most likely class was the label.
-    pub correct: i64,
-}
-
 impl CpuHead {
     /// The head made of `parameters` (optimizer names and tensors), trained by `rule`, with the
     /// state `optimizer_state` holds (`Optimizer::state`'s names and step count), over
@@ -238,9 +230,10 @@ impl CpuHead {
     }
 
     /// One step over the examples `indices`: forward, loss, gradients, update. `given` holds
-    /// their representations (`[batch, input]` row-major) when they are not cached. A
+    /// their representations (`[batch, input]` row-major) when they are not cached. Returns the
+    /// batch's mean loss and how many examples it classified correctly, before the update; a
     /// non-finite loss is returned without updating anything.
-    pub(crate) fn step(&mut self, indices: &[usize], given: Option<&[f32]>) -> StepOutcome {
+    pub(crate) fn step(&mut self, indices: &[usize], given: Option<&[f32]>) -> (f64, i64) {
         let batch = indices.len();
         let middle = batch / 2;
         let width = self.shared.dims.input;
@@ -281,11 +274,8 @@ impl CpuHead {
             },
         };
         let mut first_work = first.work;
-        let outcome = StepOutcome {
-            loss: (first_loss + second_loss) / batch as f64,
-            correct: first_correct + second_correct,
-        };
-        if outcome.loss.is_finite() {
+        let loss = (first_loss + second_loss) / batch as f64;
+        if loss.is_finite() {
             self.steps += 1;
             let mut parameters =
                 self.shared.parameters.write().unwrap_or_else(PoisonError::into_inner);
@@ -306,7 +296,7 @@ impl CpuHead {
             }
         }
         self.work = [Some(first_work), Some(second_work)];
-        outcome
+        (loss, first_correct + second_correct)
     }
 
     /// Writes the parameters into their tensors, and returns the optimizer state under
@@ -535,7 +525,8 @@ pub(crate) struct CpuHeadSteps<'a> {
 impl<'a> CpuHeadSteps<'a> {
     /// Steps for the head whose tensors `optimizer` updates (its only group, with `rule`), over
     /// `inputs` and the int64 `labels`, on up to `threads` threads. `None` when that is not a
-    /// float32 `RefineHead` on the CPU or the inputs do not fit it.
+    /// float32 `RefineHead` on the CPU or the inputs do not fit it (per-batch representations
+    /// are checked on the first image).
     pub(crate) fn new(
         optimizer: &'a mut Optimizer,
         rule: OptimizerConfig,
@@ -556,25 +547,30 @@ impl<'a> CpuHeadSteps<'a> {
             labels,
             threads,
         )?;
+        if let Some((images, frozen)) = per_batch {
+            let width = frozen(&images.narrow(0, 0, 1)).numel();
+            if width != head.input_dim() {
+                return None;
+            }
+        }
         Some(CpuHeadSteps { head, per_batch, optimizer, batch_inputs: Vec::new() })
     }
 }
 
 impl Steps for CpuHeadSteps<'_> {
     fn step(&mut self, indices: &[usize]) -> (f64, i64) {
-        let given = self.per_batch.map(|(images, frozen)| {
-            let batch = images.index_select(0, &index_tensor(indices, tch::Device::Cpu));
-            let representations = frozen(&batch).to_kind(Kind::Float).contiguous();
-            let len = representations.numel();
-            self.batch_inputs.resize(len, 0.0);
-            representations.copy_data(&mut self.batch_inputs, len);
-        });
-        let given = given.map(|()| self.batch_inputs.as_slice());
-        if given.is_some_and(|given| given.len() != indices.len() * self.head.input_dim()) {
-            return (f64::NAN, 0);
-        }
-        let outcome = self.head.step(indices, given);
-        (outcome.loss, outcome.correct)
+        let given = match self.per_batch {
+            Some((images, frozen)) => {
+                let batch = images.index_select(0, &index_tensor(indices, tch::Device::Cpu));
+                let representations = frozen(&batch).to_kind(Kind::Float).contiguous();
+                let len = representations.numel();
+                self.batch_inputs.resize(len, 0.0);
+                representations.copy_data(&mut self.batch_inputs, len);
+                Some(self.batch_inputs.as_slice())
+            }
+            None => None,
+        };
+        self.head.step(indices, given)
     }
 
     fn finish_epoch(&mut self) -> &Optimizer {

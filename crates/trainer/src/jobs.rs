@@ -286,16 +286,14 @@ pub fn refine(
         .map(|dir| RunState::new(dir, "refine", run_key("refine", &config.fit, &key_parts)));
     let refine_started = Instant::now();
     // With only the head training on the CPU, its own step replaces autograd (see `cpu_head`).
-    let head_inputs = || {
-        if naive {
-            Some(HeadInputs::PerBatch { images: &train_inputs, frozen: &frozen_forward })
-        } else {
-            Vec::<f32>::try_from(train_inputs.contiguous().view(-1)).ok().map(HeadInputs::Cached)
-        }
-    };
-    let cpu_head = (device == Device::Cpu && base_trainable.is_empty())
-        .then(|| head_inputs().map(|inputs| (inputs, &train_labels)))
-        .flatten();
+    let cpu_head = if device != Device::Cpu || !base_trainable.is_empty() {
+        None
+    } else if naive {
+        Some(HeadInputs::PerBatch { images: &train_inputs, frozen: &frozen_forward })
+    } else {
+        Vec::<f32>::try_from(train_inputs.contiguous().view(-1)).ok().map(HeadInputs::Cached)
+    }
+    .map(|inputs| (inputs, &train_labels));
     let (epochs, resumed_epochs) = train_resumable(
         &data,
         &forward,
