@@ -31,7 +31,7 @@ enum Task {
     /// Download and verify the raw IDX files of a dataset into `data/<dataset>/`.
     FetchData(data::Args),
     /// `setup`, then the whole test suite: fmt, clippy, the workspace's tests and the crate
-    /// invariants (no tch under mnist-io or xtask).
+    /// invariants (no tch under kernels, mnist-io or xtask).
     Test(test::Args),
 }
 

@@ -30,7 +30,7 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     // last word of the run.
     cargo(root, &["test", "--workspace", "--doc"])?;
     cargo(root, &["test", "--workspace", "--all-targets"])?;
-    for package in ["mnist-io", "xtask"] {
+    for package in ["kernels", "mnist-io", "xtask"] {
         check_no_tch(root, package)?;
     }
     eprintln!("xtask test: all checks passed");

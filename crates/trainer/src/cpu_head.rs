@@ -11,18 +11,15 @@
 //! back after every epoch, so evaluation, checkpoints and resuming see what the autograd path
 //! would produce (to float32 rounding: sums are taken in another order). A test compares the two.
 
-mod matmul;
-
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use kernels::matmul;
 use tch::{Kind, Tensor};
 
 use crate::fit::{Steps, index_tensor};
 use crate::optim::{Optimizer, OptimizerConfig, state_names};
-
-use matmul::matmul;
 
 /// The head's tensors, by the ends of their names (`models::RefineHead`'s layout).
 const PARAMETER_NAMES: [&str; 4] = ["hidden.weight", "hidden.bias", "final.weight", "final.bias"];

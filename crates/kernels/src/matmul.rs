@@ -1,11 +1,12 @@
-//! A small float32 matrix product for the head's step: `c = a · b`, with `a` read through
-//! strides (so a transposed operand needs no copy) and `b`, `c` row-major.
+//! A small float32 matrix product: `c = a · b`, with `a` read through strides (so a transposed
+//! operand needs no copy) and `b`, `c` row-major.
 //!
 //! Register tiling as in BLAS micro-kernels: each tile of `c` (6 rows, two SIMD vectors wide)
 //! lives in registers over the whole `k` loop, every step of which loads two vectors of `b`,
 //! broadcasts 6 values of `a` (packed beforehand, so they are adjacent) and does 12 fused
 //! multiply-adds. `pulp` compiles it once per instruction set and picks the best at run time.
-//! The head's products are small (at most 256 x 128 x 64), so there is no cache blocking.
+//! Its callers' products are small (at most a few hundred rows, `k` and `n` ≤ 256), so there is
+//! no cache blocking: `b` is expected to fit in the L2 cache.
 
 use pulp::{Arch, Simd, WithSimd};
 
@@ -18,7 +19,7 @@ const TILE_ROWS: usize = 6;
 ///
 /// # Panics
 /// If the slices are too short for those shapes (a caller bug).
-pub(super) fn matmul(a: &[f32], strides: (usize, usize), b: &[f32], n: usize, c: &mut [f32]) {
+pub fn matmul(a: &[f32], strides: (usize, usize), b: &[f32], n: usize, c: &mut [f32]) {
     if n == 0 {
         return;
     }
@@ -44,15 +45,15 @@ impl WithSimd for Matmul<'_> {
         let mut first_row = 0;
         for rows in c.chunks_mut(TILE_ROWS * n) {
             let tile_rows = rows.len() / n;
-            if tile_rows == TILE_ROWS {
-                pack(a, strides, first_row, TILE_ROWS, k, &mut packed);
-                columns::<S, TILE_ROWS>(simd, &packed, b, n, rows);
-            } else {
-                // The last few rows, one at a time.
-                for (index, row) in rows.chunks_exact_mut(n).enumerate() {
-                    pack(a, strides, first_row + index, 1, k, &mut packed);
-                    columns::<S, 1>(simd, &packed, b, n, row);
-                }
+            pack(a, strides, first_row, tile_rows, k, &mut packed);
+            // The last few rows (`m` not a multiple of the tile) make one shorter tile.
+            match tile_rows {
+                TILE_ROWS => columns::<S, TILE_ROWS>(simd, &packed, b, n, rows),
+                5 => columns::<S, 5>(simd, &packed, b, n, rows),
+                4 => columns::<S, 4>(simd, &packed, b, n, rows),
+                3 => columns::<S, 3>(simd, &packed, b, n, rows),
+                2 => columns::<S, 2>(simd, &packed, b, n, rows),
+                _ => columns::<S, 1>(simd, &packed, b, n, rows),
             }
             first_row += tile_rows;
         }
@@ -133,7 +134,8 @@ fn tile<S: Simd, const ROWS: usize, const VECTORS: usize>(
     for (sum, c_row) in sums.iter().zip(c.chunks_exact_mut(n)) {
         let c_row = &mut c_row[first..first + span];
         for (v, &s) in sum.iter().enumerate() {
-            simd.partial_store_f32s(&mut c_row[v * lanes..], s);
+            let part = &mut c_row[v * lanes..];
+            if full { S::as_mut_simd_f32s(part).0[0] = s } else { simd.partial_store_f32s(part, s) }
         }
     }
 }
