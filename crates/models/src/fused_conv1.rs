@@ -11,6 +11,8 @@
 use pulp::{Arch, Simd, WithSimd};
 use tch::{Device, Kind, Tensor};
 
+use crate::image_threads::for_each_share;
+
 /// Output channels of the fused layer (`BaseCnn`'s conv1).
 pub(crate) const CHANNELS: usize = 32;
 /// Taps of a 3x3 kernel.
@@ -83,27 +85,10 @@ fn run<T: Store>(
     bias: &[f32; CHANNELS],
 ) -> Vec<T::Element> {
     let mut pooled = vec![T::Element::default(); n * POOLED_LEN];
-    if n > 0 {
-        let threads = (n / MIN_IMAGES_PER_THREAD)
-            .clamp(1, usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1));
-        let per_thread = n.div_ceil(threads);
-        let pass = |images: &[f32], out: &mut [T::Element]| {
-            Arch::new().dispatch(Pass::<T> { images, taps, bias, out });
-        };
-        std::thread::scope(|scope| {
-            let mut chunks = pixels
-                .chunks(per_thread * SIDE * SIDE)
-                .zip(pooled.chunks_mut(per_thread * POOLED_LEN));
-            // The first chunk runs here; the others on threads of their own.
-            let first = chunks.next();
-            for (images, out) in chunks {
-                scope.spawn(move || pass(images, out));
-            }
-            if let Some((images, out)) = first {
-                pass(images, out);
-            }
-        });
-    }
+    let pass = |images: &[f32], out: &mut [T::Element]| {
+        Arch::new().dispatch(Pass::<T> { images, taps, bias, out });
+    };
+    for_each_share(pixels, SIDE * SIDE, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
     pooled
 }
 

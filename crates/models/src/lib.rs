@@ -14,7 +14,9 @@
 mod base;
 mod fused_conv1;
 mod head;
+mod image_threads;
 mod staged;
+mod winograd_conv2;
 
 pub use base::{BaseCnn, IMAGE_SIDE, REPRESENTATION_DIM};
 pub use head::{HeadConfig, RefineHead};

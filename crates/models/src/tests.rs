@@ -196,6 +196,52 @@ fn other_image_sizes_take_libtorchs_path() {
     assert!(staged.allclose(&reference_conv1_stage(&store, &images), 1e-5, 1e-6, false));
 }
 
+/// libtorch's own `conv2` → relu → avg_pool over `xs`, flattened, with the base's conv2 weights.
+fn reference_conv2_stage(base_store: &nn::VarStore, xs: &Tensor) -> Tensor {
+    let variables = base_store.variables();
+    xs.conv2d(&variables["conv2.weight"], Some(&variables["conv2.bias"]), [1, 1], [1, 1], [1, 1], 1)
+        .relu()
+        .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+        .flatten(1, -1)
+}
+
+#[test]
+fn the_winograd_conv2_equals_libtorchs_convolution_relu_and_pooling() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(4);
+    let variables = store.variables();
+    let (weight, bias) = (&variables["conv2.weight"], &variables["conv2.bias"]);
+    // 1 and 7 run on one thread; 128 and 301 on two, 301 with uneven shares.
+    for n in [1, 7, 128, 301] {
+        // What conv2 really sees: conv1's output on MNIST-like images (sparse, channels-last).
+        let images = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let images = images.shallow_clone() * images.gt(0.6);
+        let maps = base.forward_stages(&images, 0..1, false);
+        let expected = reference_conv2_stage(&store, &maps);
+        let winograd = crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&maps, weight, bias)
+            .expect("the pass applies to float [N, 32, 14, 14] on the CPU");
+        assert!(winograd.equal(&base.forward_stages(&maps, 1..2, false)), "inference uses it");
+        assert_eq!(winograd.size(), [n, 3136]);
+        assert!(
+            winograd.allclose(&expected, 1e-5, 1e-5, false),
+            "batch {n}: max diff {}",
+            (&winograd - &expected).abs().max()
+        );
+        // NCHW strides give the same result as channels-last ones.
+        let plain =
+            crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&maps.contiguous(), weight, bias);
+        assert!(plain.is_some_and(|plain| plain.equal(&winograd)), "batch {n}: NCHW input");
+        let training = base.forward_stages(&maps, 1..2, true);
+        assert!(training.allclose(&expected, 1e-5, 1e-5, false), "batch {n}: training path");
+    }
+    // Other kinds and shapes are left to libtorch.
+    let maps = Tensor::rand([2, 32, 14, 14], (Kind::Float, Device::Cpu));
+    let low = maps.to_kind(Kind::BFloat16);
+    assert!(crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&low, weight, bias).is_none());
+    let small = Tensor::rand([2, 32, 10, 10], (Kind::Float, Device::Cpu));
+    assert!(crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&small, weight, bias).is_none());
+}
+
 #[test]
 fn the_representation_stage_equals_a_linear_layer_over_the_flattened_map() {
     let _rng = rng_lock();
