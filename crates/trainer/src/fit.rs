@@ -103,8 +103,11 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// The batch size used for evaluation and feature extraction: large enough to amortise
-/// per-call overhead, small enough that a batch's activations stay in cache.
-pub(crate) const EVAL_BATCH: usize = 128;
+/// per-call overhead and for the base's CPU kernels to share a batch out to threads (libtorch's
+/// own worker threads spin for a while after each of its parallel operators, so a kernel's
+/// second thread pays only over a long enough batch); small enough to keep memory low (a
+/// batch's activations are a few tens of MB).
+pub(crate) const EVAL_BATCH: usize = 1024;
 
 /// The seed of epoch `epoch`'s batch order.
 pub(crate) fn epoch_seed(seed: u64, epoch: usize) -> u64 {
