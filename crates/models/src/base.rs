@@ -5,10 +5,10 @@ use std::ops::Range;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::fused_conv1;
 use crate::staged::StagedBase;
 use crate::winograd_conv2;
 use crate::{LECUN_NORMAL, linear};
+use crate::{cpu_inference, fused_conv1};
 
 /// Height and width of the input images.
 pub const IMAGE_SIDE: i64 = 28;
@@ -129,6 +129,16 @@ impl BaseCnn {
         average_pool2(&self.conv2.forward(xs).relu_()).flatten(1, -1)
     }
 
+    /// Stages `0..3` of CPU inference in float32 by `cpu_inference`: the same result, bit for
+    /// bit, as running the stages one by one, without libtorch. `None` where it does not apply.
+    fn cpu_representation(&self, images: &Tensor) -> Option<Tensor> {
+        let conv1 = fused_conv1::Conv1::new(&self.conv1.ws, self.conv1.bs.as_ref()?)?;
+        let conv2 = winograd_conv2::Conv2::new(&self.conv2.ws, self.conv2.bs.as_ref()?)?;
+        let dense =
+            cpu_inference::Dense::new(&self.representation.ws, self.representation.bs.as_ref()?)?;
+        cpu_inference::representation(images, &conv1, &conv2, &dense)
+    }
+
     /// The representation layer, then its relu.
     ///
     /// On CPUs with AVX-512 it is computed as a convolution whose kernel covers the whole
@@ -138,7 +148,19 @@ impl BaseCnn {
     /// convolution is the slower one (on an AVX2 CPU, 2.8x slower forward and backward: 16.5 s
     /// against 5.9 s per pretraining epoch), and other devices have no reason for the detour, so
     /// the layer runs as the plain matrix product.
-    fn representation_stage(&self, flat: &Tensor) -> Tensor {
+    ///
+    /// Inference on the CPU in float32 takes `cpu_inference`'s product instead, whatever the CPU.
+    fn representation_stage(&self, flat: &Tensor, train: bool) -> Tensor {
+        if !train {
+            let dense = self
+                .representation
+                .bs
+                .as_ref()
+                .and_then(|bias| cpu_inference::Dense::new(&self.representation.ws, bias));
+            if let Some(ys) = dense.and_then(|dense| cpu_inference::dense(flat, &dense)) {
+                return ys;
+            }
+        }
         if !(flat.device() == tch::Device::Cpu && cpu_has_avx512()) {
             return self.representation.forward(flat).relu_();
         }
@@ -182,12 +204,18 @@ impl StagedBase for BaseCnn {
     /// Stage inputs: `conv1` `[N, 1, 28, 28]`, `conv2` `[N, 32, 14, 14]`, `representation`
     /// `[N, 3136]`; the last stage outputs `[N, 256]`.
     fn forward_stages(&self, xs: &Tensor, stages: Range<usize>, train: bool) -> Tensor {
+        if !train
+            && stages == (0..STAGES.len())
+            && let Some(representation) = self.cpu_representation(xs)
+        {
+            return representation;
+        }
         let mut xs = xs.shallow_clone();
         for stage in stages {
             xs = match stage {
                 0 => self.conv1_stage(&xs, train),
                 1 => self.conv2_stage(&xs, train),
-                _ => self.representation_stage(&xs),
+                _ => self.representation_stage(&xs, train),
             };
         }
         xs

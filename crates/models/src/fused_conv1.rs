@@ -41,55 +41,77 @@ pub(crate) fn conv3x3_relu_avgpool2(
     weight: &Tensor,
     bias: &Tensor,
 ) -> Option<Tensor> {
+    let conv1 = Conv1::new(weight, bias)?;
     let side = SIDE as i64;
     let [n, 1, height, width] = images.size()[..] else { return None };
-    let on_cpu = [images, weight, bias].iter().all(|t| t.device() == Device::Cpu);
-    if !on_cpu
-        || (height, width) != (side, side)
-        || weight.size() != [CHANNELS as i64, 1, 3, 3]
-        || bias.size() != [CHANNELS as i64]
-    {
+    if images.device() != Device::Cpu || (height, width) != (side, side) {
         return None;
     }
     let n = n as usize;
     let pixels = Vec::<f32>::try_from(images.to_kind(Kind::Float).contiguous().view(-1)).ok()?;
-    // [out, 1, 3, 3] → [tap][out], so one tap's weights for all channels are contiguous.
-    let weight = Vec::<f32>::try_from(
-        weight.to_kind(Kind::Float).reshape([CHANNELS as i64, TAPS as i64]).tr().flatten(0, -1),
-    )
-    .ok()?;
-    let bias = Vec::<f32>::try_from(bias.to_kind(Kind::Float)).ok()?;
-    let mut taps = [[0f32; CHANNELS]; TAPS];
-    for (tap, row) in taps.iter_mut().zip(weight.chunks_exact(CHANNELS)) {
-        tap.copy_from_slice(row);
-    }
-    let bias: [f32; CHANNELS] = bias.try_into().ok()?;
-
     let shape = [n, POOLED_SIDE, POOLED_SIDE, CHANNELS].map(|d| d as i64);
     let pooled = if images.kind() == Kind::BFloat16 {
         // Built as int16 and reinterpreted: tch's `from_slice` of `half::bf16` makes a Half tensor.
-        Tensor::from_slice(&run::<Bf16>(&pixels, n, &taps, &bias))
-            .view_dtype(Kind::BFloat16)
-            .view(shape)
+        Tensor::from_slice(&conv1.run::<Bf16>(&pixels, n)).view_dtype(Kind::BFloat16).view(shape)
     } else {
-        Tensor::from_slice(&run::<f32>(&pixels, n, &taps, &bias)).view(shape).to_kind(images.kind())
+        Tensor::from_slice(&conv1.run::<f32>(&pixels, n)).view(shape).to_kind(images.kind())
     };
     Some(pooled.permute([0, 3, 1, 2]))
 }
 
-/// The pass over `n` images, on as many threads as pays (see `MIN_IMAGES_PER_THREAD`).
-fn run<T: Store>(
-    pixels: &[f32],
-    n: usize,
-    taps: &[[f32; CHANNELS]; TAPS],
-    bias: &[f32; CHANNELS],
-) -> Vec<T::Element> {
-    let mut pooled = vec![T::Element::default(); n * POOLED_LEN];
-    let pass = |images: &[f32], out: &mut [T::Element]| {
+/// The layer's weights, laid out for the pass.
+pub(crate) struct Conv1 {
+    /// `[tap][out]`: one tap's weights for all channels are contiguous.
+    taps: [[f32; CHANNELS]; TAPS],
+    bias: [f32; CHANNELS],
+}
+
+impl Conv1 {
+    /// Floats of one image's input (`[28, 28]`).
+    pub(crate) const IMAGE_LEN: usize = SIDE * SIDE;
+    /// Floats of one image's output (`[14, 14, 32]`, channels last).
+    pub(crate) const OUTPUT_LEN: usize = POOLED_LEN;
+
+    /// From `weight` `[32, 1, 3, 3]` and `bias` `[32]` on the CPU (any float kind); `None` for
+    /// other shapes or devices.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Option<Self> {
+        let on_cpu = weight.device() == Device::Cpu && bias.device() == Device::Cpu;
+        if !on_cpu
+            || weight.size() != [CHANNELS as i64, 1, 3, 3]
+            || bias.size() != [CHANNELS as i64]
+        {
+            return None;
+        }
+        let weight = Vec::<f32>::try_from(
+            weight.to_kind(Kind::Float).reshape([CHANNELS as i64, TAPS as i64]).tr().flatten(0, -1),
+        )
+        .ok()?;
+        let mut taps = [[0f32; CHANNELS]; TAPS];
+        for (tap, row) in taps.iter_mut().zip(weight.chunks_exact(CHANNELS)) {
+            tap.copy_from_slice(row);
+        }
+        let bias = Vec::<f32>::try_from(bias.to_kind(Kind::Float)).ok()?.try_into().ok()?;
+        Some(Conv1 { taps, bias })
+    }
+
+    /// The pass over `n` images, on as many threads as pays (see `MIN_IMAGES_PER_THREAD`).
+    fn run<T: Store>(&self, pixels: &[f32], n: usize) -> Vec<T::Element> {
+        let mut pooled = vec![T::Element::default(); n * POOLED_LEN];
+        let pass = |images: &[f32], out: &mut [T::Element]| self.pass::<T>(images, out);
+        for_each_share(pixels, SIDE * SIDE, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
+        pooled
+    }
+
+    /// The pass over whole images on the calling thread, float32 out: `images` holds
+    /// `IMAGE_LEN` floats per image, `out` `OUTPUT_LEN`.
+    pub(crate) fn pass_f32(&self, images: &[f32], out: &mut [f32]) {
+        self.pass::<f32>(images, out);
+    }
+
+    fn pass<T: Store>(&self, images: &[f32], out: &mut [T::Element]) {
+        let Conv1 { taps, bias } = self;
         Arch::new().dispatch(Pass::<T> { images, taps, bias, out });
-    };
-    for_each_share(pixels, SIDE * SIDE, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
-    pooled
+    }
 }
 
 /// How the pass stores a finished float32 value.

@@ -12,6 +12,7 @@
 //! S on" (trainable).
 
 mod base;
+mod cpu_inference;
 mod fused_conv1;
 mod head;
 mod image_threads;

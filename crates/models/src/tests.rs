@@ -243,6 +243,33 @@ fn the_winograd_conv2_equals_libtorchs_convolution_relu_and_pooling() {
 }
 
 #[test]
+fn cpu_inference_equals_libtorchs_layers_and_the_stages_run_one_by_one() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(5);
+    let variables = store.variables();
+    // 1 and 13 run on one thread; 200 on two, in chunks of 64 and a partial one.
+    for n in [1, 13, 200] {
+        let images = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let images = images.shallow_clone() * images.gt(0.6);
+        let flat = reference_conv2_stage(&store, &reference_conv1_stage(&store, &images));
+        let expected = flat
+            .linear(&variables["representation.weight"], Some(&variables["representation.bias"]))
+            .relu();
+        let whole = base.forward_stages(&images, 0..3, false);
+        assert!(
+            whole.allclose(&expected, 1e-5, 1e-5, false),
+            "batch {n}: max diff {}",
+            (&whole - &expected).abs().max()
+        );
+        let mut staged = images.shallow_clone();
+        for stage in 0..3 {
+            staged = base.forward_stages(&staged, stage..stage + 1, false);
+        }
+        assert!(staged.equal(&whole), "batch {n}: stage by stage");
+    }
+}
+
+#[test]
 fn the_representation_stage_equals_a_linear_layer_over_the_flattened_map() {
     let _rng = rng_lock();
     let (store, base) = base_with_biases(6);

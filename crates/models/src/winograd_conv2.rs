@@ -50,26 +50,67 @@ pub(crate) fn conv3x3_relu_avgpool2_flat(
     weight: &Tensor,
     bias: &Tensor,
 ) -> Option<Tensor> {
+    let conv2 = Conv2::new(weight, bias)?;
     let [n, channels, height, width] = xs.size()[..] else { return None };
-    let on_cpu = [xs, weight, bias].iter().all(|t| t.device() == Device::Cpu);
-    let float = [xs, weight, bias].iter().all(|t| t.kind() == Kind::Float);
     let side = SIDE as i64;
-    if !on_cpu
-        || !float
+    if xs.device() != Device::Cpu
+        || xs.kind() != Kind::Float
         || (channels, height, width) != (IN_CHANNELS as i64, side, side)
-        || weight.size() != [OUT_CHANNELS as i64, IN_CHANNELS as i64, 3, 3]
-        || bias.size() != [OUT_CHANNELS as i64]
     {
         return None;
     }
     let n = n as usize;
     // Channels last: one pixel's 32 channels are adjacent, the unit the input transform works in.
     let pixels = Vec::<f32>::try_from(xs.permute([0, 2, 3, 1]).contiguous().view(-1)).ok()?;
-    let weight = Vec::<f32>::try_from(weight.contiguous().view(-1)).ok()?;
-    let bias: [f32; OUT_CHANNELS] = Vec::<f32>::try_from(bias).ok()?.try_into().ok()?;
-    let transformed = transform_weight(&weight);
-    let pooled = run(&pixels, n, &transformed, &bias);
+    let mut pooled = vec![0f32; n * POOLED_LEN];
+    let pass = |images: &[f32], out: &mut [f32]| conv2.pass(images, out, Order::ImageMajor);
+    for_each_share(&pixels, IMAGE_LEN, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
     Some(Tensor::from_slice(&pooled).view([n as i64, POOLED_LEN as i64]))
+}
+
+/// The layer's weights, transformed for the pass.
+pub(crate) struct Conv2 {
+    /// `U`, `[16 points][32 in][64 out]` (see `transform_weight`).
+    transformed: Vec<f32>,
+    bias: [f32; OUT_CHANNELS],
+}
+
+/// How a pass lays out its output.
+#[derive(Clone, Copy)]
+pub(crate) enum Order {
+    /// `[image][feature]`: each image's flattened map in turn.
+    ImageMajor,
+    /// `[feature][image]`: the transpose, as the `b` operand of a product by the next layer's
+    /// weight.
+    FeatureMajor,
+}
+
+impl Conv2 {
+    /// Floats of one image's output (`[64, 7, 7]`, flattened).
+    pub(crate) const OUTPUT_LEN: usize = POOLED_LEN;
+
+    /// From float32 `weight` `[64, 32, 3, 3]` and `bias` `[64]` on the CPU; `None` otherwise.
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Option<Self> {
+        let on_cpu = weight.device() == Device::Cpu && bias.device() == Device::Cpu;
+        let float = weight.kind() == Kind::Float && bias.kind() == Kind::Float;
+        if !on_cpu
+            || !float
+            || weight.size() != [OUT_CHANNELS as i64, IN_CHANNELS as i64, 3, 3]
+            || bias.size() != [OUT_CHANNELS as i64]
+        {
+            return None;
+        }
+        let weight = Vec::<f32>::try_from(weight.contiguous().view(-1)).ok()?;
+        let bias = Vec::<f32>::try_from(bias).ok()?.try_into().ok()?;
+        Some(Conv2 { transformed: transform_weight(&weight), bias })
+    }
+
+    /// The pass over whole images on the calling thread: `images` holds `IMAGE_LEN` floats per
+    /// image, `out` `OUTPUT_LEN` per image, in `order`.
+    pub(crate) fn pass(&self, images: &[f32], out: &mut [f32], order: Order) {
+        let Conv2 { transformed, bias } = self;
+        Arch::new().dispatch(Pass { images, transformed, bias, out, order });
+    }
 }
 
 /// `U = G g Gᵀ` for every (input, output) channel pair of `weight` `[64, 32, 3, 3]`, laid out
@@ -96,22 +137,13 @@ fn transform_weight(weight: &[f32]) -> Vec<f32> {
     transformed
 }
 
-/// The pass over `n` images, on as many threads as pays (see `MIN_IMAGES_PER_THREAD`).
-fn run(pixels: &[f32], n: usize, transformed: &[f32], bias: &[f32; OUT_CHANNELS]) -> Vec<f32> {
-    let mut pooled = vec![0f32; n * POOLED_LEN];
-    let pass = |images: &[f32], out: &mut [f32]| {
-        Arch::new().dispatch(Pass { images, transformed, bias, out });
-    };
-    for_each_share(pixels, IMAGE_LEN, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
-    pooled
-}
-
-/// One thread's share: whole images in (channels last), their pooled outputs out.
+/// One thread's share: whole images in (channels last), their pooled outputs out (in `order`).
 struct Pass<'a> {
     images: &'a [f32],
     transformed: &'a [f32],
     bias: &'a [f32; OUT_CHANNELS],
     out: &'a mut [f32],
+    order: Order,
 }
 
 impl WithSimd for Pass<'_> {
@@ -121,7 +153,8 @@ impl WithSimd for Pass<'_> {
     // for each of them, with that set's vectors.
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let Pass { images, transformed, bias, out } = self;
+        let Pass { images, transformed, bias, out, order } = self;
+        let n = images.len() / IMAGE_LEN;
         let lanes = S::F32_LANES;
         // The image with a zero border of 1 (the convolution's padding).
         let mut padded = vec![[0f32; IN_CHANNELS]; PADDED * PADDED];
@@ -130,7 +163,7 @@ impl WithSimd for Pass<'_> {
         let mut inputs = vec![[0f32; IN_CHANNELS]; POINTS * BLOCKS];
         let mut products = vec![[0f32; OUT_CHANNELS]; POINTS * BLOCKS];
         let mut pooled = vec![[0f32; OUT_CHANNELS]; BLOCKS];
-        for (image, out) in images.chunks_exact(IMAGE_LEN).zip(out.chunks_exact_mut(POOLED_LEN)) {
+        for (index, image) in images.chunks_exact(IMAGE_LEN).enumerate() {
             for (y, row) in image.chunks_exact(SIDE * IN_CHANNELS).enumerate() {
                 let cells = &mut padded[(y + 1) * PADDED + 1..][..SIDE];
                 for (cell, pixel) in cells.iter_mut().zip(row.chunks_exact(IN_CHANNELS)) {
@@ -164,9 +197,13 @@ impl WithSimd for Pass<'_> {
                 }
             }
             // [block][channel] → [channel][block], the flattened map's order.
-            for (channel, out) in out.chunks_exact_mut(BLOCKS).enumerate() {
-                for (value, pooled) in out.iter_mut().zip(&pooled) {
-                    *value = pooled[channel];
+            let (first, feature_stride) = match order {
+                Order::ImageMajor => (index * POOLED_LEN, 1),
+                Order::FeatureMajor => (index, n),
+            };
+            for channel in 0..OUT_CHANNELS {
+                for (block, pooled) in pooled.iter().enumerate() {
+                    out[first + (channel * BLOCKS + block) * feature_stride] = pooled[channel];
                 }
             }
         }
