@@ -18,7 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use kernels::matmul;
 use tch::{Kind, Tensor};
 
-use crate::fit::{Steps, index_tensor};
+use crate::fit::Steps;
 use crate::optim::{Optimizer, OptimizerConfig, state_names};
 
 /// The head's tensors, by the ends of their names (`models::RefineHead`'s layout).
@@ -515,7 +515,8 @@ pub(crate) struct CpuHeadSteps<'a> {
     /// The images and frozen part, when representations are computed per batch.
     per_batch: Option<(&'a Tensor, Frozen<'a>)>,
     optimizer: &'a mut Optimizer,
-    /// A batch's representations, when computed per batch.
+    /// A batch's images and representations, when representations are computed per batch.
+    batch_images: Option<Tensor>,
     batch_inputs: Vec<f32>,
 }
 
@@ -550,7 +551,13 @@ impl<'a> CpuHeadSteps<'a> {
                 return None;
             }
         }
-        Some(CpuHeadSteps { head, per_batch, optimizer, batch_inputs: Vec::new() })
+        Some(CpuHeadSteps {
+            head,
+            per_batch,
+            optimizer,
+            batch_images: None,
+            batch_inputs: Vec::new(),
+        })
     }
 }
 
@@ -558,7 +565,7 @@ impl Steps for CpuHeadSteps<'_> {
     fn step(&mut self, indices: &[usize]) -> (f64, i64) {
         let given = match self.per_batch {
             Some((images, frozen)) => {
-                let batch = images.index_select(0, &index_tensor(indices, tch::Device::Cpu));
+                let batch = gather_rows(images, indices, &mut self.batch_images);
                 let representations = frozen(&batch).to_kind(Kind::Float).contiguous();
                 let len = representations.numel();
                 self.batch_inputs.resize(len, 0.0);
@@ -577,8 +584,46 @@ impl Steps for CpuHeadSteps<'_> {
     }
 }
 
+/// Rows `indices` of `source`, copied one by one into `buffer` (made, or made larger, on
+/// demand) and returned as a view of it.
+///
+/// Not `index_select`: over a batch of images that is one of libtorch's parallel operators, and
+/// its worker threads then spin for milliseconds, taking a core from the base's own CPU passes
+/// that run next (a third of a frozen-forward step's time on a 2-core machine). Each row's copy
+/// is too small for libtorch to parallelise.
+fn gather_rows(source: &Tensor, indices: &[usize], buffer: &mut Option<Tensor>) -> Tensor {
+    let rows = indices.len() as i64;
+    if buffer.as_ref().is_some_and(|buffer| buffer.size()[0] < rows) {
+        *buffer = None;
+    }
+    let buffer = buffer.get_or_insert_with(|| {
+        let mut size = source.size();
+        size[0] = rows;
+        Tensor::empty(size, (source.kind(), source.device()))
+    });
+    let batch = buffer.narrow(0, 0, rows);
+    tch::no_grad(|| {
+        for (row, &index) in indices.iter().enumerate() {
+            batch.get(row as i64).copy_(&source.get(index as i64));
+        }
+    });
+    batch
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gathered_rows_equal_index_select_whatever_the_batch_sizes() {
+        let images = Tensor::rand([50, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let mut buffer = None;
+        // A batch, a smaller one (the epoch's last), then a larger one again.
+        for indices in [vec![3, 49, 0, 3, 17], vec![8, 1], vec![0, 1, 2, 40, 41, 42, 43, 9]] {
+            let gathered = super::gather_rows(&images, &indices, &mut buffer);
+            let expected = images.index_select(0, &crate::fit::index_tensor(&indices, Device::Cpu));
+            assert!(gathered.equal(&expected), "{indices:?}");
+        }
+    }
+
     use std::num::NonZeroUsize;
 
     use mnist_io::{BatchPlan, SplitMix64};
