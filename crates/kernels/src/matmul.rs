@@ -5,8 +5,9 @@
 //! lives in registers over the whole `k` loop, every step of which loads two vectors of `b`,
 //! broadcasts 6 values of `a` (packed beforehand, so they are adjacent) and does 12 fused
 //! multiply-adds. `pulp` compiles it once per instruction set and picks the best at run time.
-//! Its callers' products are small (at most a few hundred rows, `k` and `n` ≤ 256), so there is
-//! no cache blocking: `b` is expected to fit in the L2 cache.
+//! There is no cache blocking: callers keep `b` small enough for the L2 cache (at most `[3136,
+//! 64]`, 800 KB, the representation layer's chunk; the other products have `k`, `n` ≤ 256), and
+//! `a` is read once per call.
 
 use pulp::{Arch, Simd, WithSimd};
 

@@ -6,9 +6,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::staged::StagedBase;
-use crate::winograd_conv2;
-use crate::{LECUN_NORMAL, linear};
-use crate::{cpu_inference, fused_conv1};
+use crate::{LECUN_NORMAL, cpu_inference, fused_conv1, linear, winograd_conv2};
 
 /// Height and width of the input images.
 pub const IMAGE_SIDE: i64 = 28;

@@ -29,12 +29,13 @@ pub(crate) struct Dense {
 }
 
 impl Dense {
-    /// From float32 `weight` `[out, in]` and `bias` `[out]` on the CPU; `None` otherwise.
+    /// From float32 `weight` `[out, in]` and `bias` `[out]` on the CPU, neither dimension zero;
+    /// `None` otherwise.
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Option<Self> {
-        let [outputs, _] = weight.size()[..] else { return None };
+        let [outputs, inputs] = weight.size()[..] else { return None };
         let on_cpu = weight.device() == Device::Cpu && bias.device() == Device::Cpu;
         let float = weight.kind() == Kind::Float && bias.kind() == Kind::Float;
-        if !on_cpu || !float || bias.size() != [outputs] {
+        if !on_cpu || !float || outputs == 0 || inputs == 0 || bias.size() != [outputs] {
             return None;
         }
         let weight = Vec::<f32>::try_from(weight.contiguous().view(-1)).ok()?;
@@ -42,8 +43,9 @@ impl Dense {
         Some(Dense { weight, bias })
     }
 
+    /// The layer's input width (`new` guarantees it is not zero).
     fn inputs(&self) -> usize {
-        self.weight.len() / self.bias.len().max(1)
+        self.weight.len() / self.bias.len()
     }
 
     /// `relu(inputs · weightᵀ + bias)` for `m` inputs given transposed (`inputs_t`,

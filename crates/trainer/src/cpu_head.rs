@@ -612,18 +612,6 @@ fn gather_rows(source: &Tensor, indices: &[usize], buffer: &mut Option<Tensor>) 
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn gathered_rows_equal_index_select_whatever_the_batch_sizes() {
-        let images = Tensor::rand([50, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
-        let mut buffer = None;
-        // A batch, a smaller one (the epoch's last), then a larger one again.
-        for indices in [vec![3, 49, 0, 3, 17], vec![8, 1], vec![0, 1, 2, 40, 41, 42, 43, 9]] {
-            let gathered = super::gather_rows(&images, &indices, &mut buffer);
-            let expected = images.index_select(0, &crate::fit::index_tensor(&indices, Device::Cpu));
-            assert!(gathered.equal(&expected), "{indices:?}");
-        }
-    }
-
     use std::num::NonZeroUsize;
 
     use mnist_io::{BatchPlan, SplitMix64};
@@ -800,5 +788,17 @@ mod tests {
             })
             .collect();
         assert_eq!(runs[0], runs[1]);
+    }
+
+    #[test]
+    fn gathered_rows_equal_index_select_whatever_the_batch_sizes() {
+        let images = Tensor::rand([50, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        let mut buffer = None;
+        // A batch, a smaller one (the epoch's last), then a larger one again.
+        for indices in [vec![3, 49, 0, 3, 17], vec![8, 1], vec![0, 1, 2, 40, 41, 42, 43, 9]] {
+            let gathered = super::gather_rows(&images, &indices, &mut buffer);
+            let expected = images.index_select(0, &crate::fit::index_tensor(&indices, Device::Cpu));
+            assert!(gathered.equal(&expected), "{indices:?}");
+        }
     }
 }
