@@ -6,7 +6,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::staged::StagedBase;
-use crate::{LECUN_NORMAL, cpu_inference, fused_conv1, linear, winograd_conv2};
+use crate::{LECUN_NORMAL, bf16, cpu_inference, fused_conv1, linear, winograd_conv2};
 
 /// Height and width of the input images.
 pub const IMAGE_SIDE: i64 = 28;
@@ -112,11 +112,11 @@ impl BaseCnn {
 
     /// `conv2` → relu → avg_pool, flattened to `[N, 3136]` (channel, row, column order).
     ///
-    /// Inference on the CPU in float32 takes `winograd_conv2`'s pass (2.25x fewer multiplies, and
-    /// the pooling fused in); training, other kinds and other devices take libtorch's
-    /// convolution.
+    /// Inference on the CPU in float32 (or bfloat16 where the CPU has no bf16 arithmetic, see
+    /// `bf16`) takes `winograd_conv2`'s pass (2.25x fewer multiplies, and the pooling fused in);
+    /// training, other kinds and other devices take libtorch's convolution.
     fn conv2_stage(&self, xs: &Tensor, train: bool) -> Tensor {
-        if !train {
+        if !train && bf16::passes_compute(xs.kind()) {
             let bias = self.conv2.bs.as_ref();
             if let Some(ys) = bias.and_then(|bias| {
                 winograd_conv2::conv3x3_relu_avgpool2_flat(xs, &self.conv2.ws, bias)
@@ -127,9 +127,13 @@ impl BaseCnn {
         average_pool2(&self.conv2.forward(xs).relu_()).flatten(1, -1)
     }
 
-    /// Stages `0..3` of CPU inference in float32 by `cpu_inference`: the same result, bit for
-    /// bit, as running the stages one by one, without libtorch. `None` where it does not apply.
+    /// Stages `0..3` of CPU inference by `cpu_inference` (float32, or bfloat16 where the CPU
+    /// has no bf16 arithmetic): the same result, bit for bit, as running the stages one by one,
+    /// without libtorch. `None` where it does not apply.
     fn cpu_representation(&self, images: &Tensor) -> Option<Tensor> {
+        if !bf16::passes_compute(images.kind()) {
+            return None;
+        }
         let conv1 = fused_conv1::Conv1::new(&self.conv1.ws, self.conv1.bs.as_ref()?)?;
         let conv2 = winograd_conv2::Conv2::new(&self.conv2.ws, self.conv2.bs.as_ref()?)?;
         let dense =
@@ -147,9 +151,10 @@ impl BaseCnn {
     /// against 5.9 s per pretraining epoch), and other devices have no reason for the detour, so
     /// the layer runs as the plain matrix product.
     ///
-    /// Inference on the CPU in float32 takes `cpu_inference`'s product instead, whatever the CPU.
+    /// Inference on the CPU in float32 (or bfloat16 where the CPU has no bf16 arithmetic) takes
+    /// `cpu_inference`'s product instead, whatever the CPU.
     fn representation_stage(&self, flat: &Tensor, train: bool) -> Tensor {
-        if !train {
+        if !train && bf16::passes_compute(flat.kind()) {
             let dense = self
                 .representation
                 .bs

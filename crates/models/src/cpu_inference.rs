@@ -8,9 +8,13 @@
 //! frozen base that is our own passes: a quarter of the CPU time was spent spinning). Here one
 //! chunk of 64 images goes through all three layers while its maps are still in cache, on
 //! threads of our own.
+//!
+//! bfloat16 inputs (where the CPU has no bf16 arithmetic, see `bf16`) go through the same
+//! float32 arithmetic, with each layer's output rounded to bf16.
 
 use tch::{Device, Kind, Tensor};
 
+use crate::bf16;
 use crate::fused_conv1::Conv1;
 use crate::image_threads::for_each_share;
 use crate::winograd_conv2::{Conv2, Order};
@@ -29,18 +33,15 @@ pub(crate) struct Dense {
 }
 
 impl Dense {
-    /// From float32 `weight` `[out, in]` and `bias` `[out]` on the CPU, neither dimension zero;
-    /// `None` otherwise.
+    /// From float32 or bfloat16 `weight` `[out, in]` and `bias` `[out]` on the CPU, neither
+    /// dimension zero; `None` otherwise.
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Option<Self> {
         let [outputs, inputs] = weight.size()[..] else { return None };
         let on_cpu = weight.device() == Device::Cpu && bias.device() == Device::Cpu;
-        let float = weight.kind() == Kind::Float && bias.kind() == Kind::Float;
-        if !on_cpu || !float || outputs == 0 || inputs == 0 || bias.size() != [outputs] {
+        if !on_cpu || outputs == 0 || inputs == 0 || bias.size() != [outputs] {
             return None;
         }
-        let weight = Vec::<f32>::try_from(weight.contiguous().view(-1)).ok()?;
-        let bias = Vec::<f32>::try_from(bias).ok()?;
-        Some(Dense { weight, bias })
+        Some(Dense { weight: bf16::to_f32(weight)?, bias: bf16::to_f32(bias)? })
     }
 
     /// The layer's input width (`new` guarantees it is not zero).
@@ -64,14 +65,15 @@ impl Dense {
     }
 }
 
-/// `dense` over float32 `flat` `[N, in]` on the CPU: `[N, out]`; `None` for other inputs.
+/// `dense` over float32 or bfloat16 `flat` `[N, in]` on the CPU: `[N, out]`, in `flat`'s kind;
+/// `None` for other inputs.
 pub(crate) fn dense(flat: &Tensor, dense: &Dense) -> Option<Tensor> {
     let inputs = dense.inputs();
     let [n, width] = flat.size()[..] else { return None };
-    if flat.device() != Device::Cpu || flat.kind() != Kind::Float || width as usize != inputs {
+    if flat.device() != Device::Cpu || width as usize != inputs {
         return None;
     }
-    let values = Vec::<f32>::try_from(flat.contiguous().view(-1)).ok()?;
+    let values = bf16::to_f32(flat)?;
     let outputs = dense.bias.len();
     let mut out = vec![0f32; n as usize * outputs];
     let pass = |values: &[f32], out: &mut [f32]| {
@@ -88,13 +90,14 @@ pub(crate) fn dense(flat: &Tensor, dense: &Dense) -> Option<Tensor> {
         }
     };
     for_each_share(&values, inputs, &mut out, outputs, MIN_IMAGES_PER_THREAD, pass);
-    Some(Tensor::from_slice(&out).view([n, outputs as i64]))
+    Some(bf16::from_f32(&out, &[n, outputs as i64], flat.kind()))
 }
 
-/// conv1 → conv2 → `dense` over float32 `images` `[N, 1, 28, 28]` on the CPU: the
-/// representation, `[N, out]`; `None` for other inputs. Equal, bit for bit, to the three layers
-/// run one after the other through `conv3x3_relu_avgpool2`, `conv3x3_relu_avgpool2_flat` and
-/// [`dense`] (same kernels, same order of sums).
+/// conv1 → conv2 → `dense` over float32 or bfloat16 `images` `[N, 1, 28, 28]` on the CPU: the
+/// representation, `[N, out]`, in `images`' kind; `None` for other inputs. Equal, bit for bit,
+/// to the three layers run one after the other through `conv3x3_relu_avgpool2`,
+/// `conv3x3_relu_avgpool2_flat` and [`dense`] (same kernels, same order of sums, and in
+/// bfloat16 the same roundings).
 pub(crate) fn representation(
     images: &Tensor,
     conv1: &Conv1,
@@ -104,13 +107,19 @@ pub(crate) fn representation(
     let [n, 1, height, width] = images.size()[..] else { return None };
     let image_len = Conv1::IMAGE_LEN;
     if images.device() != Device::Cpu
-        || images.kind() != Kind::Float
         || (height * width) as usize != image_len
         || dense.inputs() != Conv2::OUTPUT_LEN
     {
         return None;
     }
-    let pixels = Vec::<f32>::try_from(images.contiguous().view(-1)).ok()?;
+    let pixels = bf16::to_f32(images)?;
+    // In bfloat16, each layer's output is rounded (the last one's by `from_f32`).
+    let bfloat16 = images.kind() == Kind::BFloat16;
+    let round = |values: &mut [f32]| {
+        if bfloat16 {
+            bf16::round_all(values);
+        }
+    };
     let outputs = dense.bias.len();
     let mut out = vec![0f32; n as usize * outputs];
     let pass = |pixels: &[f32], out: &mut [f32]| {
@@ -121,11 +130,13 @@ pub(crate) fn representation(
             let m = pixels.len() / image_len;
             let maps = &mut maps[..m * Conv1::OUTPUT_LEN];
             conv1.pass_f32(pixels, maps);
+            round(maps);
             let flat_t = &mut flat_t[..m * Conv2::OUTPUT_LEN];
             conv2.pass(maps, flat_t, Order::FeatureMajor);
+            round(flat_t);
             dense.forward(flat_t, m, &mut product, out);
         }
     };
     for_each_share(&pixels, image_len, &mut out, outputs, MIN_IMAGES_PER_THREAD, pass);
-    Some(Tensor::from_slice(&out).view([n, outputs as i64]))
+    Some(bf16::from_f32(&out, &[n, outputs as i64], images.kind()))
 }

@@ -12,6 +12,7 @@
 //! S on" (trainable).
 
 mod base;
+mod bf16;
 mod cpu_inference;
 mod fused_conv1;
 mod head;
@@ -20,6 +21,7 @@ mod staged;
 mod winograd_conv2;
 
 pub use base::{BaseCnn, IMAGE_SIDE, REPRESENTATION_DIM};
+pub use bf16::cpu_has_native_bf16;
 pub use head::{HeadConfig, RefineHead};
 pub use staged::StagedBase;
 

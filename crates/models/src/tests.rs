@@ -234,10 +234,14 @@ fn the_winograd_conv2_equals_libtorchs_convolution_relu_and_pooling() {
         let training = base.forward_stages(&maps, 1..2, true);
         assert!(training.allclose(&expected, 1e-5, 1e-5, false), "batch {n}: training path");
     }
-    // Other kinds and shapes are left to libtorch.
+    // bf16 in, bf16 out: float32 arithmetic, rounded once at the end.
     let maps = Tensor::rand([2, 32, 14, 14], (Kind::Float, Device::Cpu));
     let low = maps.to_kind(Kind::BFloat16);
-    assert!(crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&low, weight, bias).is_none());
+    let pass = |xs: &Tensor| crate::winograd_conv2::conv3x3_relu_avgpool2_flat(xs, weight, bias);
+    let rounded = pass(&low.to_kind(Kind::Float)).unwrap().to_kind(Kind::BFloat16);
+    assert!(pass(&low).unwrap().equal(&rounded));
+    // Other kinds and shapes are left to libtorch.
+    assert!(pass(&maps.to_kind(Kind::Double)).is_none());
     let small = Tensor::rand([2, 32, 10, 10], (Kind::Float, Device::Cpu));
     assert!(crate::winograd_conv2::conv3x3_relu_avgpool2_flat(&small, weight, bias).is_none());
 }
@@ -356,6 +360,47 @@ fn a_bf16_inference_copy_is_close_to_the_f32_base_and_leaves_it_alone() {
         "the f32 base changed"
     );
     assert!(after.iter().all(|(_, t)| t.kind() == Kind::Float));
+}
+
+#[test]
+fn bf16_inference_rounds_each_layer_like_libtorchs_bf16_layers_whole_or_stage_by_stage() {
+    let _rng = rng_lock();
+    let (store, base) = base_with_biases(9);
+    let copy = base.inference_copy(Kind::BFloat16).unwrap();
+    // The same base with its weights rounded to bf16, in float32.
+    let (low_store, low_base) = base_with_biases(9);
+    tch::no_grad(|| {
+        let variables = store.variables();
+        for (name, target) in low_store.variables() {
+            let rounded = variables[&name].to_kind(Kind::BFloat16).to_kind(Kind::Float);
+            target.shallow_clone().copy_(&rounded);
+        }
+    });
+    // 1 and 13 on one thread; 150 on two, in chunks of 64 and a partial one.
+    for n in [1, 13, 150] {
+        let images = Tensor::rand([n, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let images = (images.shallow_clone() * images.gt(0.6)).to_kind(Kind::BFloat16);
+        let whole = copy.forward_stages(&images, 0..3, false);
+        assert_eq!(whole.kind(), Kind::BFloat16);
+        let mut staged = images.shallow_clone();
+        for stage in 0..3 {
+            staged = copy.forward_stages(&staged, stage..stage + 1, false);
+            assert_eq!(staged.kind(), Kind::BFloat16);
+        }
+        assert!(staged.equal(&whole), "batch {n}: stage by stage");
+
+        // libtorch's layers in float32 over the bf16 weights, each output rounded to bf16.
+        let round = |xs: Tensor| xs.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let mut expected = images.to_kind(Kind::Float);
+        for stage in 0..3 {
+            expected = round(low_base.forward_stages(&expected, stage..stage + 1, true));
+        }
+        let whole = whole.to_kind(Kind::Float);
+        // Sums taken in another order may round to the neighbouring bf16 value (2^-8 apart).
+        let relative =
+            (&whole - &expected).norm().double_value(&[]) / expected.norm().double_value(&[]);
+        assert!(relative < 2e-3, "batch {n}: relative difference {relative}");
+    }
 }
 
 #[test]

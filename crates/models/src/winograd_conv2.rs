@@ -16,8 +16,9 @@
 //! order, the representation layer's input.
 
 use pulp::{Arch, Simd, WithSimd};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
+use crate::bf16;
 use crate::fused_conv1::CHANNELS as IN_CHANNELS;
 use crate::image_threads::for_each_share;
 
@@ -41,10 +42,10 @@ const POOLED_LEN: usize = OUT_CHANNELS * BLOCKS;
 const MIN_IMAGES_PER_THREAD: usize = 8;
 
 /// `avg_pool2(relu(conv2d(xs, weight, bias, padding 1)))` flattened to `[N, 64 * 7 * 7]`
-/// (channel, row, column order), for float32 `xs` `[N, 32, 14, 14]` on the CPU (any strides;
-/// channels-last is read without a copy) and `weight` `[64, 32, 3, 3]`. `None` when the inputs
-/// are not of that form (another device or kind, other shapes), for the caller to take
-/// libtorch's path.
+/// (channel, row, column order), for float32 or bfloat16 `xs` `[N, 32, 14, 14]` on the CPU (any
+/// strides) and `weight` `[64, 32, 3, 3]`; the result is in `xs`' kind (computed in float32 and
+/// rounded once when that kind is bfloat16). `None` when the inputs are not of that form
+/// (another device or kind, other shapes), for the caller to take libtorch's path.
 pub(crate) fn conv3x3_relu_avgpool2_flat(
     xs: &Tensor,
     weight: &Tensor,
@@ -53,19 +54,15 @@ pub(crate) fn conv3x3_relu_avgpool2_flat(
     let conv2 = Conv2::new(weight, bias)?;
     let [n, channels, height, width] = xs.size()[..] else { return None };
     let side = SIDE as i64;
-    if xs.device() != Device::Cpu
-        || xs.kind() != Kind::Float
-        || (channels, height, width) != (IN_CHANNELS as i64, side, side)
-    {
+    if xs.device() != Device::Cpu || (channels, height, width) != (IN_CHANNELS as i64, side, side) {
         return None;
     }
-    let n = n as usize;
     // Channels last: one pixel's 32 channels are adjacent, the unit the input transform works in.
-    let pixels = Vec::<f32>::try_from(xs.permute([0, 2, 3, 1]).contiguous().view(-1)).ok()?;
-    let mut pooled = vec![0f32; n * POOLED_LEN];
+    let pixels = bf16::to_f32(&xs.permute([0, 2, 3, 1]))?;
+    let mut pooled = vec![0f32; n as usize * POOLED_LEN];
     let pass = |images: &[f32], out: &mut [f32]| conv2.pass(images, out, Order::ImageMajor);
     for_each_share(&pixels, IMAGE_LEN, &mut pooled, POOLED_LEN, MIN_IMAGES_PER_THREAD, pass);
-    Some(Tensor::from_slice(&pooled).view([n as i64, POOLED_LEN as i64]))
+    Some(bf16::from_f32(&pooled, &[n, POOLED_LEN as i64], xs.kind()))
 }
 
 /// The layer's weights, transformed for the pass.
@@ -89,19 +86,18 @@ impl Conv2 {
     /// Floats of one image's output (`[64, 7, 7]`, flattened).
     pub(crate) const OUTPUT_LEN: usize = POOLED_LEN;
 
-    /// From float32 `weight` `[64, 32, 3, 3]` and `bias` `[64]` on the CPU; `None` otherwise.
+    /// From float32 or bfloat16 `weight` `[64, 32, 3, 3]` and `bias` `[64]` on the CPU; `None`
+    /// otherwise.
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Option<Self> {
         let on_cpu = weight.device() == Device::Cpu && bias.device() == Device::Cpu;
-        let float = weight.kind() == Kind::Float && bias.kind() == Kind::Float;
         if !on_cpu
-            || !float
             || weight.size() != [OUT_CHANNELS as i64, IN_CHANNELS as i64, 3, 3]
             || bias.size() != [OUT_CHANNELS as i64]
         {
             return None;
         }
-        let weight = Vec::<f32>::try_from(weight.contiguous().view(-1)).ok()?;
-        let bias = Vec::<f32>::try_from(bias).ok()?.try_into().ok()?;
+        let weight = bf16::to_f32(weight)?;
+        let bias = bf16::to_f32(bias)?.try_into().ok()?;
         Some(Conv2 { transformed: transform_weight(&weight), bias })
     }
 

@@ -106,8 +106,9 @@ pub enum OptimizerName {
 pub enum PrecisionChoice {
     /// float32, exactly as trained.
     F32,
-    /// bfloat16 for the frozen part's forward (faster on CPUs with bf16 instructions; the
-    /// report shows the accuracy).
+    /// bfloat16 for the frozen part's forward: faster on CPUs with bf16 instructions; elsewhere
+    /// each layer's output is rounded to bf16 over float32 arithmetic, as fast as f32. The
+    /// report shows the accuracy.
     Bf16,
 }
 

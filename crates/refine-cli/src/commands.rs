@@ -158,10 +158,13 @@ fn dataset_json(common: &CommonArgs, splits: &Splits) -> Value {
 }
 
 fn refine_config(head: &HeadArgs, fit: FitConfig, out: &Path) -> RefineConfig {
-    if head.precision == PrecisionChoice::Bf16 && fit.device == Device::Cpu && !cpu_has_bf16() {
+    if head.precision == PrecisionChoice::Bf16
+        && fit.device == Device::Cpu
+        && !models::cpu_has_native_bf16()
+    {
         tracing::warn!(
-            "this CPU has no bf16 instructions (AVX512-BF16): libtorch emulates bf16 here, \
-             and --precision bf16 is several times slower than f32"
+            "this CPU has no bf16 instructions (AVX512-BF16): --precision bf16 rounds each \
+             layer's output to bf16 but computes in f32, so it is no faster than f32 here"
         );
     }
     RefineConfig {
@@ -179,14 +182,6 @@ fn refine_config(head: &HeadArgs, fit: FitConfig, out: &Path) -> RefineConfig {
         },
         state_dir: Some(out.to_path_buf()),
     }
-}
-
-/// Whether the CPU computes in bf16 natively (elsewhere libtorch converts every value).
-fn cpu_has_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512bf16");
-    #[cfg(not(target_arch = "x86_64"))]
-    return true;
 }
 
 /// `--dry-run`: the freeze report, without training.

@@ -33,8 +33,10 @@ pub enum Precision {
     /// float32, exactly as trained.
     #[default]
     F32,
-    /// bfloat16 weights and activations (outputs converted back to float32); faster on CPUs
-    /// with bf16 instructions, at a small accuracy cost the report shows.
+    /// bfloat16 weights and activations (outputs converted back to float32), at a small
+    /// accuracy cost the report shows. Faster on CPUs with bf16 instructions; on other CPUs
+    /// [`models::BaseCnn`] rounds each layer's output to bf16 over float32 arithmetic, about as
+    /// fast as float32.
     Bf16,
 }
 
