@@ -157,7 +157,7 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
     let time_refine =
         |cache: FeatureCache,
          precision: Precision,
-         mut seconds: Box<dyn FnMut(&trainer::RefineReport) -> f64 + '_>| {
+         seconds: &mut dyn FnMut(&trainer::RefineReport) -> f64| {
             let warm_up =
                 || refine_once(&warm_up_train, &warm_up_test, cache.clone(), precision).map(drop);
             time(repeat, warm_up, || {
@@ -167,14 +167,10 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
 
     ui.message("bench: feature extraction + refine epoch over cached features");
     let mut extract = Vec::new();
-    let cached = time_refine(
-        FeatureCache::Memory,
-        Precision::F32,
-        Box::new(|report| {
-            extract.push(report.extract_s);
-            report.epochs[0].seconds
-        }),
-    )?;
+    let cached = time_refine(FeatureCache::Memory, Precision::F32, &mut |report| {
+        extract.push(report.extract_s);
+        report.epochs[0].seconds
+    })?;
     let extract = Timing(extract);
     let n_images = (splits.train.len() + splits.test.len()) as f64;
     let extract_gflops = 2.0 * BASE_MACS_PER_IMAGE * n_images / extract.median() / 1e9;
@@ -183,15 +179,12 @@ pub fn bench(args: &BenchArgs, ui: &Ui) -> anyhow::Result<()> {
 
     ui.message("bench: feature extraction in bf16");
     let extract_bf16 =
-        time_refine(FeatureCache::Memory, Precision::Bf16, Box::new(|report| report.extract_s))?;
+        time_refine(FeatureCache::Memory, Precision::Bf16, &mut |report| report.extract_s)?;
     phases.insert("extract_bf16".into(), extract_bf16.json());
 
     ui.message("bench: refine epoch, naive (frozen forward per batch)");
-    let naive = time_refine(
-        FeatureCache::Off,
-        Precision::F32,
-        Box::new(|report| report.epochs[0].seconds),
-    )?;
+    let naive =
+        time_refine(FeatureCache::Off, Precision::F32, &mut |report| report.epochs[0].seconds)?;
     phases.insert("refine_epoch_naive".into(), naive.json());
 
     ui.message("bench: evaluation on the test set (base + head from images)");
