@@ -62,12 +62,17 @@ pub(crate) fn to_f32(tensor: &Tensor) -> Option<Vec<f32>> {
 /// `shape` holding `values`.
 pub(crate) fn from_f32(values: &[f32], shape: &[i64], kind: Kind) -> Tensor {
     if kind == Kind::BFloat16 {
-        // Built as int16 and reinterpreted: tch's `from_slice` of `half::bf16` makes a Half tensor.
         let raw: Vec<i16> = values.iter().map(|&value| bits(value) as i16).collect();
-        Tensor::from_slice(&raw).view_dtype(Kind::BFloat16).view(shape)
+        from_bits(&raw, shape)
     } else {
         Tensor::from_slice(values).view(shape)
     }
+}
+
+/// A bfloat16 tensor of `shape` whose elements have the bits `raw` (as `bits` gives them).
+pub(crate) fn from_bits(raw: &[i16], shape: &[i64]) -> Tensor {
+    // Built as int16 and reinterpreted: tch's `from_slice` of `half::bf16` makes a Half tensor.
+    Tensor::from_slice(raw).view_dtype(Kind::BFloat16).view(shape)
 }
 
 #[cfg(test)]

@@ -52,8 +52,7 @@ pub(crate) fn conv3x3_relu_avgpool2(
     let pixels = Vec::<f32>::try_from(images.to_kind(Kind::Float).contiguous().view(-1)).ok()?;
     let shape = [n, POOLED_SIDE, POOLED_SIDE, CHANNELS].map(|d| d as i64);
     let pooled = if images.kind() == Kind::BFloat16 {
-        // Built as int16 and reinterpreted: tch's `from_slice` of `half::bf16` makes a Half tensor.
-        Tensor::from_slice(&conv1.run::<Bf16>(&pixels, n)).view_dtype(Kind::BFloat16).view(shape)
+        bf16::from_bits(&conv1.run::<Bf16>(&pixels, n), &shape)
     } else {
         Tensor::from_slice(&conv1.run::<f32>(&pixels, n)).view(shape).to_kind(images.kind())
     };
